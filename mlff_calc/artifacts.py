@@ -1,0 +1,100 @@
+"""Reading and writing the plain-data artifacts of mlff_calc.
+
+Every artifact is a JSON manifest (format name and version, mlff_calc version,
+base model id and sha256, units, config) plus arrays in npz or safetensors.
+Writes are atomic: a temporary file in the same folder, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of every file under a folder (sorted by relative path)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_json(path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def write_npz(path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def read_json(path, *, kind: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{kind} file {path} does not exist") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{kind} file {path} is not valid JSON ({exc}); it may be truncated or corrupt") from exc
+
+
+def read_npz(path, *, kind: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{kind} arrays {path} do not exist") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{kind} arrays {path} cannot be read ({exc}); the file may be truncated or corrupt") from exc
+
+
+def check_manifest(manifest: dict, *, fmt: str, versions: tuple[int, ...], path) -> None:
+    """Refuse a manifest of another format or an unknown version."""
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise ArtifactError(f"{path} is not a {fmt} artifact (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") not in versions:
+        raise ArtifactError(
+            f"{path} has {fmt} format version {manifest.get('format_version')!r}; this mlff_calc reads {list(versions)}"
+        )
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

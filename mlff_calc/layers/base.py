@@ -1,0 +1,51 @@
+"""The hook protocol every layer follows.
+
+A calculation runs ``before`` hooks in order, one batched adapter call, then the
+``after`` hooks in reverse order::
+
+    for layer in layers: request = layer.before(atoms_list, request)
+    results = adapter.evaluate(atoms_list, request.properties, cutoff=request.cutoff)
+    for layer in reversed(layers): results = layer.after(atoms_list, results)
+
+A layer checks at :meth:`Layer.bind` time that the adapter offers what it needs,
+so a mismatch fails when the calculator is built, not on its first call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Request:
+    """What one adapter call must produce."""
+
+    properties: set[str] = field(default_factory=lambda: {"energy", "forces"})
+    cutoff: float | None = None
+
+
+class Layer:
+    """Base class: every hook is the identity."""
+
+    name = "layer"
+
+    def bind(self, adapter) -> None:
+        """Check the adapter offers what this layer needs; raise ConfigurationError if not."""
+
+    def before(self, atoms_list, request: Request) -> Request:
+        return request
+
+    def after(self, atoms_list, results: list[dict]) -> list[dict]:
+        return results
+
+    def transform_hessian(self, atoms, hessian: np.ndarray) -> np.ndarray:
+        return hessian
+
+    def reset(self) -> None:
+        """Forget any per-system state (e.g. a chosen radius)."""
+
+    def describe(self) -> dict:
+        """Plain-data summary for run summaries."""
+        return {"name": self.name}

@@ -1,0 +1,261 @@
+"""The adapter contract every model family implements.
+
+An adapter owns one upstream ``nn.Module`` and exposes it in ASE units:
+energy (eV), forces (eV/Å), stress (eV/Å³, 3x3, ASE sign: positive is tensile),
+per-atom energies, per-atom descriptors, Hessian rows, batched evaluation and
+named parameter groups. A backend implements only :meth:`ModelAdapter._forward`:
+the energy of a batch as a differentiable function of atomic positions and a
+strain tensor. Everything derived (forces, stress, Hessian) is computed here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..checks import MIN_DISTANCE, check_atoms
+from ..errors import CalculationFailed, ConfigurationError, InvalidStructureError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Forward:
+    """What a backend's forward pass hands back to the base class.
+
+    ``positions`` and ``strains`` are the tensors the energy is differentiated
+    against: their concatenations are ``[n_atoms, 3]`` and ``[n_systems, 3, 3]``.
+    """
+
+    energy: torch.Tensor
+    positions: list[torch.Tensor]
+    strains: list[torch.Tensor] | None
+    volumes: torch.Tensor
+    node_energy: torch.Tensor | None = None
+    descriptors: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` picks CUDA when present; anything else must exist."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device '{device}' was requested but CUDA is not available here; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigurationError(f"device '{device}' is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
+    return dev
+
+
+def resolve_dtype(dtype, supported: tuple[torch.dtype, ...], family: str) -> torch.dtype:
+    """``None`` gives the family's default (the first supported dtype)."""
+    if dtype is None:
+        return supported[0]
+    table = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32, torch.float64: torch.float64}
+    if dtype not in table:
+        raise ConfigurationError(f"dtype {dtype!r} is not supported; use 'float32' or 'float64'")
+    resolved = table[dtype]
+    if resolved not in supported:
+        names = ", ".join(str(d).removeprefix("torch.") for d in supported)
+        raise ConfigurationError(f"{family} models run in {names} only, not {str(resolved).removeprefix('torch.')}")
+    return resolved
+
+
+class ModelAdapter(abc.ABC):
+    """One loaded model with a fixed device, dtype, cutoff and element set."""
+
+    #: short name of the model family, e.g. ``"chgnet"``
+    family: str = ""
+    #: dtypes the backend can run in; the first is the default
+    supported_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    #: whether the backend's energy supports double backward (Hessian by autograd)
+    double_backward: bool = True
+
+    def __init__(self, module: torch.nn.Module, *, model_id: str, device, dtype, cutoff: float, elements, source: str | None = None, sha256: str | None = None):
+        self._device = resolve_device(device)
+        self._dtype = resolve_dtype(dtype, self.supported_dtypes, self.family)
+        self.module = module.to(device=self._device, dtype=self._dtype).eval()
+        self._model_id = model_id
+        self._cutoff = float(cutoff)
+        self._elements = frozenset(int(z) for z in elements)
+        self.source = source
+        self.sha256 = sha256
+
+    # read-only declarations -------------------------------------------------
+    device = property(lambda self: self._device, doc="torch device the model runs on")
+    dtype = property(lambda self: self._dtype, doc="torch dtype of the model's parameters")
+    cutoff = property(lambda self: self._cutoff, doc="native graph cutoff in Å")
+    elements = property(lambda self: self._elements, doc="atomic numbers the model covers")
+    model_id = property(lambda self: self._model_id, doc="stable identifier of the loaded weights")
+
+    @property
+    def implemented_properties(self) -> tuple[str, ...]:
+        return ("energy", "free_energy", "energies", "forces", "stress", "descriptors")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_id!r}, device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})"
+
+    # backend hooks ----------------------------------------------------------
+    @abc.abstractmethod
+    def _forward(self, atoms_list: Sequence[Atoms], cutoff: float, *, stress: bool, descriptors: bool) -> Forward:
+        """Energy of a batch, differentiable w.r.t. ``positions`` and ``strains``."""
+
+    @abc.abstractmethod
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Named groups: ``embedding``, ``interaction_0`` ... ``interaction_n``, ``readout``."""
+
+    @abc.abstractmethod
+    def reference_energies(self) -> dict[int, float]:
+        """The model's own per-element reference energies (eV/atom), by atomic number."""
+
+    # evaluation ---------------------------------------------------------------
+    def check(self, atoms: Atoms, *, stress: bool = False, min_distance: float | None = MIN_DISTANCE) -> None:
+        check_atoms(atoms, self.elements, self.model_id, min_distance=min_distance)
+        if stress and not atoms.pbc.all():
+            raise InvalidStructureError(
+                f"stress is defined only for cells periodic in all three directions; this one has pbc={atoms.pbc.tolist()}"
+            )
+
+    def _cutoff_or_native(self, cutoff: float | None) -> float:
+        if cutoff is None:
+            return self.cutoff
+        if not 0 < cutoff <= self.cutoff + 1e-9:
+            raise ConfigurationError(
+                f"cutoff {cutoff} Å is outside (0, {self.cutoff}] Å, the native cutoff of {self.model_id}; "
+                "radii beyond it change nothing in this model"
+            )
+        return float(cutoff)
+
+    def compute(self, atoms_list: Sequence[Atoms], *, forces: bool = True, stress: bool = False, descriptors: bool = False, cutoff: float | None = None, create_graph: bool = False, min_distance: float | None = MIN_DISTANCE) -> dict[str, torch.Tensor]:
+        """Batched evaluation returning torch tensors (differentiable with ``create_graph``).
+
+        Keys: ``energy`` [B], ``forces`` [N, 3], ``stress`` [B, 3, 3], ``energies`` [N],
+        ``descriptors`` [N, d], ``n_atoms`` [B] (long).
+        """
+        if len(atoms_list) == 0:
+            raise ConfigurationError("no structures to evaluate")
+        for atoms in atoms_list:
+            self.check(atoms, stress=stress, min_distance=min_distance)
+        rc = self._cutoff_or_native(cutoff)
+        need_grad = forces or stress or create_graph
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            fwd = self._forward(atoms_list, rc, stress=stress, descriptors=descriptors)
+            out = {"energy": fwd.energy, "n_atoms": torch.tensor([len(a) for a in atoms_list], device=self.device)}
+            if need_grad and (forces or stress):
+                inputs = list(fwd.positions) + (list(fwd.strains) if stress else [])
+                grads = torch.autograd.grad(fwd.energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+                grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+                n_pos = len(fwd.positions)
+                out["forces"] = -torch.cat(grads[:n_pos], dim=0)
+                if stress:
+                    virial = torch.stack(grads[n_pos:]).reshape(-1, 3, 3)
+                    sigma = virial / fwd.volumes.reshape(-1, 1, 1)
+                    out["stress"] = 0.5 * (sigma + sigma.transpose(1, 2))
+                out["_positions"] = fwd.positions
+        if fwd.node_energy is not None:
+            out["energies"] = fwd.node_energy
+        if descriptors and fwd.descriptors is not None:
+            out["descriptors"] = fwd.descriptors
+        if not create_graph:
+            out = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        self._check_finite(out, atoms_list)
+        return out
+
+    def _check_finite(self, out: dict, atoms_list) -> None:
+        for key in ("energy", "forces", "stress"):
+            value = out.get(key)
+            if value is not None and not bool(torch.isfinite(value).all()):
+                formulas = ", ".join(a.get_chemical_formula() for a in atoms_list[:3])
+                raise CalculationFailed(f"{self.model_id} returned non-finite {key} for {formulas}")
+
+    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE) -> list[dict[str, np.ndarray]]:
+        """Batched evaluation returning one dict of float64 numpy arrays per structure.
+
+        Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
+        """
+        props = set(properties)
+        out = self.compute(
+            atoms_list,
+            forces="forces" in props,
+            stress="stress" in props,
+            descriptors="descriptors" in props,
+            cutoff=cutoff,
+            min_distance=min_distance,
+        )
+        return split_results(out, [len(a) for a in atoms_list])
+
+    # Hessian ------------------------------------------------------------------
+    def hessian(self, atoms: Atoms, rows: Sequence[int] | None = None, *, method: str = "auto", delta: float = 1e-3, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE) -> np.ndarray:
+        """Rows of the energy Hessian d²E/dx_i dx_j in eV/Å², shape ``[len(rows), 3N]``.
+
+        Sign convention: forces are -∇E, so the force Jacobian dF/dx is -H.
+        ``method`` is ``"autograd"`` (double backward), ``"fd"`` (central differences
+        of forces with step ``delta`` Å, all displaced copies in one batch) or
+        ``"auto"`` (autograd when the backend supports it).
+        """
+        n3 = 3 * len(atoms)
+        rows = np.arange(n3) if rows is None else np.asarray(rows, dtype=int)
+        if rows.size and (rows.min() < 0 or rows.max() >= n3):
+            raise ConfigurationError(f"Hessian rows must lie in [0, {n3}); got {rows.min()}..{rows.max()}")
+        if method == "auto":
+            method = "autograd" if self.double_backward else "fd"
+        if method == "autograd":
+            return self._hessian_autograd(atoms, rows, cutoff, min_distance)
+        if method == "fd":
+            return self._hessian_fd(atoms, rows, delta, cutoff, min_distance)
+        raise ConfigurationError(f"unknown Hessian method {method!r}; use 'auto', 'autograd' or 'fd'")
+
+    def _hessian_autograd(self, atoms, rows, cutoff, min_distance) -> np.ndarray:
+        out = self.compute([atoms], forces=True, create_graph=True, cutoff=cutoff, min_distance=min_distance)
+        flat = out["forces"].reshape(-1)
+        positions = out["_positions"]
+        result = np.empty((len(rows), flat.numel()))
+        for k, row in enumerate(rows):
+            grads = torch.autograd.grad(flat[row], positions, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, positions)]
+            result[k] = -torch.cat(grads).reshape(-1).detach().cpu().double().numpy()
+        return result
+
+    def _hessian_fd(self, atoms, rows, delta, cutoff, min_distance) -> np.ndarray:
+        displaced = []
+        for row in rows:
+            for sign in (1.0, -1.0):
+                a = atoms.copy()
+                a.positions[row // 3, row % 3] += sign * delta
+                displaced.append(a)
+        result = np.empty((len(rows), 3 * len(atoms)))
+        chunk = max(2, 2 * (4096 // max(len(atoms), 1)))
+        forces = []
+        for start in range(0, len(displaced), chunk):
+            batch = self.evaluate(displaced[start : start + chunk], ("energy", "forces"), cutoff=cutoff, min_distance=min_distance)
+            forces.extend(r["forces"].reshape(-1) for r in batch)
+        for k in range(len(rows)):
+            result[k] = -(forces[2 * k] - forces[2 * k + 1]) / (2.0 * delta)
+        return result
+
+
+def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Split batched tensors into per-structure float64 numpy dicts (stress as Voigt-6)."""
+    def np64(t):
+        return t.detach().cpu().double().numpy()
+
+    results = [dict() for _ in n_atoms]
+    energy = np64(out["energy"])
+    bounds = np.cumsum([0, *n_atoms])
+    for b, res in enumerate(results):
+        res["energy"] = float(energy[b])
+        res["free_energy"] = float(energy[b])
+        for key in ("forces", "energies", "descriptors"):
+            if key in out:
+                res[key] = np64(out[key][bounds[b] : bounds[b + 1]])
+        if "stress" in out:
+            s = np64(out["stress"][b])
+            res["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return results
