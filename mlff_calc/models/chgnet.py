@@ -11,6 +11,9 @@ Upstream quirks hidden here:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -39,7 +42,7 @@ class CHGNetAdapter(ModelAdapter):
     @classmethod
     def load(cls, path: str | None = None, *, version: str = "0.3.0", device="auto", dtype=None) -> "CHGNetAdapter":
         """The weights that ship in the chgnet wheel, or a checkpoint file the user gave."""
-        with isolated():
+        with isolated(), contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints a banner
             from chgnet.model import CHGNet
 
             try:
@@ -90,7 +93,9 @@ class CHGNetAdapter(ModelAdapter):
 
         m = self.module
         graphs = [self._graph(a, cutoff) for a in atoms_list]
-        batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=m.bond_basis_expansion, angle_basis_expansion=m.angle_basis_expansion, compute_stress=True)
+        with warnings.catch_warnings():  # chgnet builds volumes with torch.tensor(list of tensors)
+            warnings.simplefilter("ignore", UserWarning)
+            batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=m.bond_basis_expansion, angle_basis_expansion=m.angle_basis_expansion, compute_stress=True)
         pred = m._compute(batched, compute_force=False, compute_stress=False, return_site_energies=True)
         n_atoms = torch.tensor([len(a) for a in atoms_list], device=self.device, dtype=torch.float32)
         site = torch.cat(pred["site_energies"])

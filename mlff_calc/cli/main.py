@@ -1,0 +1,61 @@
+"""``mlff-calc``: each verb lives in its own module and wraps one workflow."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import MLFFError
+
+#: verb -> module under mlff_calc.cli; imported only when the verb runs
+VERBS = {
+    "demo": "demo",
+    "models": "models",
+    "singlepoint": "singlepoint",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlff-calc", description="ASE calculators for machine-learning force fields")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, module in VERBS.items():
+        mod = importlib.import_module(f"{__package__}.{module}")
+        p = sub.add_parser(verb, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run, _parser=p)
+    return parser
+
+
+def setup_logging(verbosity: int) -> None:
+    """Attach a handler to the ``mlff_calc`` logger only, never the root logger."""
+    logger = logging.getLogger("mlff_calc")
+    if not any(getattr(h, "_mlff_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._mlff_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING - 10 * min(verbosity, 2))
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        from .options import apply_config
+
+        defaults = {a.dest: a.default for a in args._parser._actions}
+        return int(args._run(apply_config(args, defaults)) or 0)
+    except MLFFError as exc:
+        print(f"mlff-calc {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlff-calc {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
