@@ -48,11 +48,12 @@ class CHGNetAdapter(ModelAdapter):
             try:
                 if path is None:
                     module = CHGNet.load(model_name=version, use_device="cpu", check_cuda_mem=False, verbose=False)
-                    return cls(module, model_id=f"chgnet-{version}", device=device, dtype=dtype, source=f"chgnet wheel ({version})")
-                # A user-given CHGNet checkpoint is a pickle: trusted because the user named it.
-                module = CHGNet.from_file(path, use_device="cpu", verbose=False)
+                else:  # a user-given CHGNet checkpoint is a pickle: trusted because the user named it
+                    module = CHGNet.from_file(path, use_device="cpu", verbose=False)
             except (OSError, KeyError, RuntimeError, ValueError) as exc:
                 raise ModelLoadError(f"could not load a CHGNet model from {path or version!r}: {exc}") from exc
+        if path is None:
+            return cls(module, model_id=f"chgnet-{version}", device=device, dtype=dtype, source=f"chgnet wheel ({version})")
         from ..artifacts import sha256_file
 
         return cls(module, model_id=f"chgnet:{path}", device=device, dtype=dtype, source=str(path), sha256=sha256_file(path))
