@@ -145,6 +145,18 @@ class ModelAdapter(abc.ABC):
             self.check(atoms, stress=stress, min_distance=min_distance)
         rc = self._cutoff_or_native(cutoff)
         need_grad = forces or stress or create_graph
+        try:
+            out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad)
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            n = sum(len(a) for a in atoms_list)
+            raise CalculationFailed(
+                f"{self.model_id} ran out of memory on {len(atoms_list)} structure(s) with {n} atoms in all on {self.device}; "
+                "evaluate fewer structures per batch or a smaller cell"
+            ) from exc
+        self._check_finite(out, atoms_list)
+        return out
+
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad) -> dict:
         with torch.enable_grad() if need_grad else torch.no_grad():
             fwd = self._forward(atoms_list, rc, stress=stress, descriptors=descriptors)
             out = {"energy": fwd.energy, "n_atoms": torch.tensor([len(a) for a in atoms_list], device=self.device)}
@@ -165,7 +177,6 @@ class ModelAdapter(abc.ABC):
             out["descriptors"] = fwd.descriptors
         if not create_graph:
             out = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-        self._check_finite(out, atoms_list)
         return out
 
     def _check_finite(self, out: dict, atoms_list) -> None:
