@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -87,6 +89,15 @@ class ModelAdapter(abc.ABC):
         self._elements = frozenset(int(z) for z in elements)
         self.source = source
         self.sha256 = sha256
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def _captured(self) -> dict:
+        """Per-thread scratch space for forward hooks (descriptors, per-atom terms)."""
+        if not hasattr(self._local, "captured"):
+            self._local.captured = {}
+        return self._local.captured
 
     # read-only declarations -------------------------------------------------
     device = property(lambda self: self._device, doc="torch device the model runs on")
@@ -186,21 +197,35 @@ class ModelAdapter(abc.ABC):
                 formulas = ", ".join(a.get_chemical_formula() for a in atoms_list[:3])
                 raise CalculationFailed(f"{self.model_id} returned non-finite {key} for {formulas}")
 
-    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE) -> list[dict[str, np.ndarray]]:
-        """Batched evaluation returning one dict of float64 numpy arrays per structure.
+    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Evaluate many structures; one dict of float64 numpy arrays per structure.
 
         Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
+
+        On a GPU the structures go through one batched forward pass. On a CPU a
+        big batch is memory-bound (measured: slower per structure than single
+        calls), so the structures are instead spread over ``workers`` threads
+        (default: torch's intra-op thread count), each running single-structure
+        forward passes with one intra-op thread; results are identical to single calls.
         """
         props = set(properties)
-        out = self.compute(
-            atoms_list,
-            forces="forces" in props,
-            stress="stress" in props,
-            descriptors="descriptors" in props,
-            cutoff=cutoff,
-            min_distance=min_distance,
-        )
-        return split_results(out, [len(a) for a in atoms_list])
+        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, cutoff=cutoff, min_distance=min_distance)
+        workers = torch.get_num_threads() if workers is None else workers
+        if self.device.type != "cpu" or workers <= 1 or len(atoms_list) <= 1:
+            return split_results(self.compute(atoms_list, **kwargs), [len(a) for a in atoms_list])
+        for atoms in atoms_list:  # fail before any work starts
+            self.check(atoms, stress=kwargs["stress"], min_distance=min_distance)
+        pool = self._cpu_pool(workers)
+        futures = [pool.submit(self.compute, [atoms], **kwargs) for atoms in atoms_list]
+        return [split_results(f.result(), [len(a)])[0] for f, a in zip(futures, atoms_list)]
+
+    def _cpu_pool(self, workers: int) -> ThreadPoolExecutor:
+        """Worker threads with one intra-op thread each (OpenMP thread counts are per thread)."""
+        if self._pool is None or self._pool._max_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"mlff-{self.family}", initializer=torch.set_num_threads, initargs=(1,))
+        return self._pool
 
     # Hessian ------------------------------------------------------------------
     def hessian(self, atoms: Atoms, rows: Sequence[int] | None = None, *, method: str = "auto", delta: float = 1e-3, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE) -> np.ndarray:

@@ -36,7 +36,6 @@ class CHGNetAdapter(ModelAdapter):
         self._converter = converter
         elements = range(1, module.atom_embedding.embedding.num_embeddings + 1)
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=converter.atom_graph_cutoff, elements=elements, source=source, sha256=sha256)
-        self._captured: dict[str, torch.Tensor] = {}
         self.module.mlp.register_forward_pre_hook(self._capture_readout_input)
 
     @classmethod

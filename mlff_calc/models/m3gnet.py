@@ -65,7 +65,6 @@ class M3GNetAdapter(ModelAdapter):
         zs = [atomic_numbers[s] for s in model.element_types]
         self._types[zs] = np.arange(len(zs))
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=model.cutoff, elements=zs, source=source, sha256=sha256)
-        self._captured: dict[str, torch.Tensor] = {}
         self.module.model.final_layer.register_forward_hook(self._capture_readout)
 
     @classmethod
