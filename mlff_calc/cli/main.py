@@ -12,8 +12,16 @@ from ..errors import MLFFError
 #: verb -> module under mlff_calc.cli; imported only when the verb runs
 VERBS = {
     "demo": "demo",
+    "distill": "distill",
     "models": "models",
     "singlepoint": "singlepoint",
+    "relax": "relax",
+    "eos": "eos",
+    "phonons": "phonons",
+    "md": "md",
+    "surface": "surface",
+    "defect": "defect",
+    "softening": "softening",
 }
 
 
@@ -42,7 +50,9 @@ def setup_logging(verbosity: int) -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args._argv = argv
     setup_logging(args.verbose)
     try:
         from .options import apply_config

@@ -7,18 +7,126 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from ..errors import ConfigurationError
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, threads_default: int | None = None) -> None:
+    """``--model --device --dtype --threads --config`` and, with ``layers``, every option of :data:`LAYER_OPTIONS`."""
     p.add_argument("--model", default="chgnet", help="model name or path (see `mlff-calc models`); default: chgnet")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]; default: auto")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model family's own")
+    p.add_argument("--threads", type=int, default=threads_default, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster); default: " + ("the libraries' own" if threads_default is None else str(threads_default)))
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
+    if layers:
+        add_layer_options(p)
+
+
+# calculator layers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerOption:
+    """A command-line option that attaches one calculator layer built from its value."""
+
+    flag: str
+    metavar: str
+    help: str
+    build: Callable  # (value, args) -> Layer
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _softening_layer(value, args):
+    from ..layers.softening import SofteningLayer
+
+    return SofteningLayer.from_file(Path(value))
+
+
+#: Layers the command line can attach, in the order of the calculator's layer list.
+#: Later layers (``--ltau``, ``--rewire``, ``--ttt``) go before softening, which must
+#: stay last so it scales the model's output only (see mlff_calc.layers.softening).
+LAYER_OPTIONS: tuple[LayerOption, ...] = (
+    LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", _softening_layer),
+)
+
+
+def add_layer_options(p: argparse.ArgumentParser) -> None:
+    for opt in LAYER_OPTIONS:
+        p.add_argument(opt.flag, type=Path, default=None, metavar=opt.metavar, help=opt.help)
+
+
+def build_layers(args) -> list:
+    """The layers asked for on the command line (or in ``--config``), in :data:`LAYER_OPTIONS` order."""
+    return [opt.build(getattr(args, opt.dest), args) for opt in LAYER_OPTIONS if getattr(args, opt.dest, None) is not None]
+
+
+def set_threads(threads: int | None) -> dict:
+    """Set torch's CPU threads and the BLAS libraries' (numpy, scipy) to ``threads``; return the previous settings.
+
+    For CLI processes only (library code never sets thread counts). On a small,
+    shared machine one thread is often much faster: two OpenMP threads made small
+    CHGNet evaluations 10-40x slower here, and two OpenBLAS threads made the 3x3
+    matrix functions of ASE's FrechetCellFilter ~100x slower. ``None`` changes
+    nothing. Pass the returned dict to :func:`restore_threads` to undo.
+    """
+    if threads is None:
+        return {}
+    if int(threads) < 1:
+        raise ConfigurationError(f"--threads must be at least 1, got {threads}")
+    import scipy.linalg  # noqa: F401  load scipy's own BLAS too (ASE's cell filters use it)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = {"torch": torch.get_num_threads(), "blas": threadpool_limits(limits=int(threads), user_api="blas")}
+    torch.set_num_threads(int(threads))
+    return previous
+
+
+def restore_threads(previous: dict) -> None:
+    """Undo :func:`set_threads`."""
+    if not previous:
+        return
+    import torch
+
+    torch.set_num_threads(previous["torch"])
+    previous["blas"].restore_original_limits()
+
+
+# structures -----------------------------------------------------------------------
+
+
+def add_structure_argument(p: argparse.ArgumentParser, name: str = "structure", help: str = "input structure (any ASE-readable file: extxyz, cif, POSCAR, ...)", **kwargs) -> None:
+    p.add_argument(name, type=Path, help=help, **kwargs)
+    p.add_argument("--index", default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
+
+
+def read_structure(path, index="-1"):
+    """One Atoms from ``path``; a missing or unreadable file raises ConfigurationError naming it."""
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"structure file {path} does not exist")
+    try:
+        atoms = ase.io.read(path, index=str(index))
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
+        raise ConfigurationError(f"cannot read a structure from {path} (index {index}): {exc}") from exc
+    if isinstance(atoms, list):
+        if len(atoms) != 1:
+            raise ConfigurationError(f"--index {index} selects {len(atoms)} frames of {path}; give a single frame")
+        atoms = atoms[0]
+    if len(atoms) == 0:
+        raise ConfigurationError(f"{path} holds an empty structure")
+    return atoms
 
 
 def add_output_options(p: argparse.ArgumentParser, default_dir: str) -> None:
@@ -45,13 +153,18 @@ def apply_config(args: argparse.Namespace, parser_defaults: dict) -> argparse.Na
     return args
 
 
-def load_calculator(args):
+def load_calculator(args, *, layers: bool = True):
+    """The calculator of ``--model/--device/--dtype`` with the layers of :data:`LAYER_OPTIONS` attached.
+
+    ``layers=False`` gives the bare model (e.g. to fit a correction of it). Also applies ``--threads``.
+    """
     import mlff_calc
 
-    return mlff_calc.load(args.model, device=args.device, dtype=args.dtype)
+    set_threads(getattr(args, "threads", None))
+    return mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
 
 
-def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict) -> dict:
+def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict, units: dict | None = None) -> dict:
     """A plain-data record of one run: command, config, versions, device, timings, outputs."""
     from importlib import metadata
 
@@ -67,7 +180,7 @@ def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict
             pass
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
     summary = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["mlff-calc", *getattr(args, "_argv", sys.argv[1:])]),
         "config": config,
         "versions": versions,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
@@ -76,6 +189,26 @@ def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict
         "outputs": {k: str(v) for k, v in outputs.items()},
         "results": results,
     }
+    if units:
+        summary["units"] = units
     if calc is not None and hasattr(calc, "adapter"):
         summary["model"] = {"id": calc.adapter.model_id, "sha256": calc.adapter.sha256, "source": calc.adapter.source, "device": str(calc.adapter.device), "dtype": str(calc.adapter.dtype).removeprefix("torch.")}
+        summary["model"]["layers"] = [layer.describe() for layer in getattr(calc, "layers", ())]
     return summary
+
+
+def write_summary(args, calc=None, *, name: str, started: float, outputs: dict, results: dict, units: dict | None = None) -> Path:
+    """Write ``<out-dir>/<name>-summary.json`` (see :func:`run_summary`) and return its path."""
+    from ..artifacts import write_json
+
+    path = Path(args.out_dir) / f"{name}-summary.json"
+    outputs = {k: v for k, v in outputs.items() if v is not None}
+    write_json(path, run_summary(args, calc, started=started, outputs={**outputs, "summary": path}, results=results, units=units))
+    return path
+
+
+def show_outputs(outputs: dict, summary: Path) -> None:
+    """Print where every output went, one per line."""
+    print(f"outputs in {Path(summary).parent}:")
+    for key, path in {**{k: v for k, v in outputs.items() if v is not None}, "summary": summary}.items():
+        print(f"  {key:<12} {Path(path).name}")

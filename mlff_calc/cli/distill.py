@@ -1,0 +1,146 @@
+"""``mlff-calc distill sample|label|train``: Hessian distillation of a teacher into a small student.
+
+    mlff-calc distill sample si64.extxyz --model chgnet --out-dir run/samples
+    mlff-calc distill label run/samples --model chgnet --out-dir run/labels
+    mlff-calc distill train run/labels --epochs 30 --out-dir run/student
+    mlff-calc singlepoint frames.extxyz --model run/student
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+HELP = "distil a teacher into a small, fast student: sample configurations, label them, train"
+
+
+def add_arguments(p) -> None:
+    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, (add, run_fn, text) in STEPS.items():
+        sp = steps.add_parser(name, help=text, description=text)
+        add(sp)
+        sp.set_defaults(_step=run_fn, _parser=sp)
+
+
+def _add_sample(p) -> None:
+    from .options import add_model_options, add_output_options
+
+    p.add_argument("structures", type=Path, help="structures to sample around (any ASE-readable file; every frame is used)")
+    p.add_argument("--index", default=":", help="frames to read (ASE slice syntax); default: all")
+    p.add_argument("--temperatures-K", type=float, nargs="*", default=[300.0, 600.0, 900.0], help="teacher MD temperatures (K)")
+    p.add_argument("--md-frames", type=int, default=20, help="MD frames kept per temperature and structure")
+    p.add_argument("--md-interval", type=int, default=5, help="MD steps between kept frames")
+    p.add_argument("--md-equilibration-steps", type=int, default=20, help="MD steps before the first kept frame")
+    p.add_argument("--timestep-fs", type=float, default=2.0, help="MD timestep (fs)")
+    p.add_argument("--n-rattle", type=int, default=20, help="rattled copies per structure")
+    p.add_argument("--rattle-std-A", type=float, default=0.05, help="rattle standard deviation (Å)")
+    p.add_argument("--n-strain", type=int, default=20, help="strained copies per structure (half +, half -)")
+    p.add_argument("--strain", type=float, default=0.02, help="strain magnitude (Frobenius norm, dimensionless)")
+    p.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"), help="split fractions")
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p)
+    add_output_options(p, "distill/samples")
+
+
+def _add_label(p) -> None:
+    from .options import add_model_options, add_output_options
+
+    p.add_argument("samples", type=Path, help="sample folder written by `mlff-calc distill sample`")
+    p.add_argument("--chunk-size", type=int, default=16, help="structures per label chunk (the unit of resuming)")
+    p.add_argument("--n-rows", type=int, default=8, help="Hessian rows per structure when 3N > --full-hessian-max-dof")
+    p.add_argument("--full-hessian-max-dof", type=int, default=96, help="label the full Hessian when 3N is at most this")
+    p.add_argument("--hessian-method", default="auto", choices=["auto", "autograd", "fd"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of Hessian rows")
+    add_model_options(p)
+    add_output_options(p, "distill/labels")
+
+
+def _add_train(p) -> None:
+    from .options import add_output_options
+
+    p.add_argument("labels", type=Path, help="label store folder written by `mlff-calc distill label`")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "plateau", "constant"])
+    p.add_argument("--ema-decay", type=float, default=0.99, help="0 switches EMA off")
+    p.add_argument("--patience", type=int, default=15, help="epochs without validation improvement before stopping")
+    p.add_argument("--lambda-energy", type=float, default=5.0)
+    p.add_argument("--lambda-forces", type=float, default=100.0)
+    p.add_argument("--lambda-kd", type=float, default=400.0, help="Hessian-row weight; 0 trains without the Hessian term")
+    p.add_argument("--lambda-stress", type=float, default=0.0)
+    p.add_argument("--rows-per-structure", type=int, default=4, help="Hessian rows sampled per structure and step")
+    p.add_argument("--row-method", default="vjp", choices=["vjp", "fd"], help="student Hessian rows by autograd VJP or finite differences")
+    p.add_argument("--kd-halve-below", type=float, default=None, help="halve lambda-kd once the validation force MAE (eV/Å) falls below this")
+    p.add_argument("--channels", type=int, default=None)
+    p.add_argument("--num-interactions", type=int, default=None)
+    p.add_argument("--r-max", type=float, default=None, help="student cutoff (Å)")
+    p.add_argument("--max-ell", type=int, default=None)
+    p.add_argument("--correlation", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]; default: cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster)")
+    p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
+    add_output_options(p, "distill/student")
+
+
+def _run_sample(args) -> dict:
+    import ase.io
+
+    from ..distill import sample
+    from ..errors import ConfigurationError
+    from .options import load_calculator
+
+    try:
+        frames = ase.io.read(args.structures, index=args.index)
+    except (OSError, ValueError, StopIteration) as exc:
+        raise ConfigurationError(f"cannot read structures from {args.structures}: {exc}") from exc
+    frames = frames if isinstance(frames, list) else [frames]
+    calc = load_calculator(args)
+    samples = sample(frames, calc, temperatures_K=args.temperatures_K, md_frames_per_T=args.md_frames, md_interval=args.md_interval, md_equilibration_steps=args.md_equilibration_steps, timestep_fs=args.timestep_fs, n_rattle=args.n_rattle, rattle_std_A=args.rattle_std_A, n_strain=args.n_strain, strain=args.strain, split=args.split, seed=args.seed)
+    samples.write(args.out_dir)
+    print(f"sampled {len(samples)} configurations {samples.counts()} into {args.out_dir}")
+    return {"calc": calc, "outputs": {"samples": args.out_dir / "samples.npz", "manifest": args.out_dir / "samples.json"}, "results": {"n_structures": len(samples), "counts": samples.counts()}, "units": {"length": "Å", "temperature": "K", "time": "fs"}}
+
+
+def _run_label(args) -> dict:
+    from ..distill import SampleSet, label
+    from .options import load_calculator
+
+    samples = SampleSet.read(args.samples)
+    calc = load_calculator(args)
+    store = label(samples, calc, args.out_dir, chunk_size=args.chunk_size, full_hessian_max_dof=args.full_hessian_max_dof, n_rows=args.n_rows, hessian_method=args.hessian_method, seed=args.seed)
+    print(f"labelled {store.manifest['n_structures']} structures with {calc.adapter.model_id} into {args.out_dir}")
+    return {"calc": calc, "outputs": {"labels": args.out_dir / "labels.json"}, "results": {"n_structures": store.manifest["n_structures"], "n_chunks": store.manifest["n_chunks"], "teacher": store.teacher}, "units": store.manifest["units"]}
+
+
+def _run_train(args) -> dict:
+    from ..distill import train_student
+    from .options import set_threads
+
+    set_threads(args.threads)
+    arch = {k: v for k, v in {"channels": args.channels, "num_interactions": args.num_interactions, "r_max": args.r_max, "max_ell": args.max_ell, "correlation": args.correlation}.items() if v is not None}
+    result = train_student(args.labels, architecture=arch, dtype=args.dtype, device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, ema_decay=args.ema_decay or None, patience=args.patience, lambda_energy=args.lambda_energy, lambda_forces=args.lambda_forces, lambda_kd=args.lambda_kd, lambda_stress=args.lambda_stress, rows_per_structure=args.rows_per_structure, row_method=args.row_method, kd_schedule=args.kd_halve_below, seed=args.seed, out_dir=args.out_dir)
+    test = result.metrics.get("test", {})
+    print(f"student in {args.out_dir}: best epoch {result.metrics['best_epoch']}, test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å, energy MAE {1e3 * test.get('energy_mae_per_atom', float('nan')):.2f} meV/atom vs the teacher")
+    outputs = {"student": args.out_dir / "student.json", "weights": args.out_dir / "student.pt", "error_log": args.out_dir / "error_log.npz", "history": args.out_dir / "train-history.json"}
+    units = {"energy_mae_per_atom": "eV/atom", "force_mae": "eV/Å", "force_l2mae": "eV/Å", "force_rmse": "eV/Å", "stress_mae": "eV/Å³", "train_time_s": "s"}
+    return {"calc": None, "outputs": outputs, "results": {"metrics": result.metrics, "teacher": result.teacher}, "units": units}
+
+
+STEPS = {
+    "sample": (_add_sample, _run_sample, "sample configurations around structures: teacher MD, rattles, ±strain; dedup; split"),
+    "label": (_add_label, _run_label, "label a sample folder with the teacher: energies, forces, stress, Hessian rows (resumable)"),
+    "train": (_add_train, _run_train, "train a student on a label store and save it (loadable with mlff_calc.load)"),
+}
+
+
+def run(args) -> int:
+    from .options import show_outputs, write_summary
+
+    started = time.time()
+    done = args._step(args)
+    summary = write_summary(args, done["calc"], name=f"distill-{args.step}", started=started, outputs=done["outputs"], results=done["results"], units=done["units"])
+    show_outputs(done["outputs"], summary)
+    return 0

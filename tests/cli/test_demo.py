@@ -1,0 +1,112 @@
+"""``mlff-calc demo``: the summary's numbers, its tables and its PNGs (reduced sizes, and once full size)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from ase.collections import dcdft
+from matplotlib.image import imread
+
+from conftest import shared_path
+
+from mlff_calc.cli.main import main
+from mlff_calc.cli.options import restore_threads, set_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = set_threads(1)
+    yield
+    restore_threads(previous)
+
+
+def run_demo(tmp_path, monkeypatch, *argv) -> dict:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--models", "chgnet", "--out-dir", "demo", *map(str, argv)]) == 0
+    return json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
+
+
+def assert_png(path) -> None:
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def check_physics(results: dict) -> None:
+    relax = results["relax"]
+    assert relax["Si"]["a_A"] == pytest.approx(5.46, abs=0.02)
+    assert relax["Si"]["converged"] and relax["NaCl"]["converged"]
+    assert relax["Si"]["spacegroup"].startswith("Fd-3m") and relax["NaCl"]["spacegroup"].startswith("Fm-3m")
+    assert 5.6 < relax["NaCl"]["a_A"] < 5.8
+
+    eos = results["eos"]
+    assert eos["Si"]["bulk_modulus_pbe_dcdft_GPa"] == dcdft.data["Si"]["wien2k_B"]
+    assert eos["Si"]["bulk_modulus_GPa"] == pytest.approx(dcdft.data["Si"]["wien2k_B"], rel=0.2)
+    assert eos["NaCl"]["bulk_modulus_pbe_dcdft_GPa"] is None
+    assert 10 < eos["NaCl"]["bulk_modulus_GPa"] < 40
+    assert eos["Si"]["a0_A"] == pytest.approx(relax["Si"]["a_A"], abs=0.02)
+
+    for name in ("Si", "NaCl"):
+        highest = results["phonons"][name]["highest_branch_THz"]
+        assert set(highest) == {"Γ", "X", "L"}
+        assert all(math.isfinite(v) and v > 0 for v in highest.values()), (name, highest)
+        assert not results["phonons"][name]["has_imaginary_modes"]
+    si = results["phonons"]["Si"]["highest_branch_THz"]
+    assert 11 < si["Γ"] < 15 and 8 < si["X"] < 13  # softened against PBE's 15.1 / 13.4
+
+    md = results["md"]
+    assert len(md["log"]["step"]) == md["n_steps"] // results["sizes"]["md_log_interval"] + 1
+    assert abs(md["drift_eV_per_atom_per_ps"]) < 0.01
+    assert md["max_abs_drift_eV_per_atom"] < 1e-3
+    assert 100 < md["mean_temperature_K"] < 600
+
+
+def test_quick_demo(tmp_path, monkeypatch, capsys):
+    data = run_demo(tmp_path, monkeypatch, "--quick")
+    results = data["results"]
+    assert results["sizes"]["quick"] is True
+    assert set(results["timings_s"]) == {"singlepoint", "relax", "eos", "phonons", "md"}
+    assert [r["structure"] for r in results["singlepoint"]["rows"]][:2] == ["Si (diamond, rattled)", "NaCl (rocksalt)"]
+    check_physics(results)
+    assert data["config"]["threads"] == 1
+    assert data["model"]["id"] == "chgnet-0.3.0"
+    for key in ("eos_plot", "bands_Si", "bands_NaCl", "md_plot"):
+        assert_png(tmp_path / data["outputs"][key])
+    out = capsys.readouterr().out
+    for title in ("Single points", "Relaxation", "Equation of state", "Phonons", "Molecular dynamics", "B PBE dcdft (GPa)"):
+        assert title in out
+
+
+def test_demo_sections_and_softening(tmp_path, monkeypatch, capsys):
+    folder = shared_path("data", "phonopy", "NaCl-rd")
+    data = run_demo(tmp_path, monkeypatch, "--quick", "--sections", "softening", "--phonopy-disp", folder / "phonopy_disp.yaml", "--force-sets", folder / "FORCE_SETS")
+    results = data["results"]
+    assert set(results["timings_s"]) == {"softening"}
+    soft = results["softening"]
+    assert soft["chemical_system"] == "Cl-Na" and soft["n_structures"] == 10
+    assert soft["c"] > 1.1 and soft["s"] < 0.9  # CHGNet is softened on NaCl
+    assert soft["mae_corrected_eV_per_A"] < soft["mae_eV_per_A"]
+    assert soft["frequency_scale"] == pytest.approx(math.sqrt(soft["c"]))
+    fit = json.loads((tmp_path / data["outputs"]["softening_fit"]).read_text())
+    assert fit["c"] == pytest.approx(soft["c"])
+    assert_png(tmp_path / data["outputs"]["softening_parity"])
+
+
+def test_unknown_section_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--sections", "relax", "speed"]) == 2
+    assert "unknown demo section(s) speed" in capsys.readouterr().err
+    assert main(["demo", "--sections", "softening"]) == 2
+    assert "needs DFT data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path, monkeypatch):
+    data = run_demo(tmp_path, monkeypatch)
+    results = data["results"]
+    assert results["sizes"]["quick"] is False
+    assert results["phonons"]["Si"]["n_atoms_supercell"] == 54
+    assert results["md"]["n_atoms"] == 64 and results["md"]["n_steps"] == 200
+    check_physics(results)
+    assert data["wall_time_s"] < 300
