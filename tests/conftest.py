@@ -1,4 +1,4 @@
-"""Shared fixtures: reference data from ../shared and session-scoped models."""
+"""Session-scoped fixtures; helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -6,23 +6,36 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-from ase.build import bulk, fcc111, molecule
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MLFF_CALC_SHARED", ROOT.parent / "shared"))
+from helpers import SHARED, shared_path
+
 os.environ.setdefault("MLFF_CALC_MODEL_DIR", str(SHARED / "models"))
 
 
-def shared_path(*parts) -> Path:
-    """A file under ../shared, or skip the test with the reason."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference data {path} is absent (set MLFF_CALC_SHARED to the shared folder)")
-    return path
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Run the suite on one torch and one BLAS thread, restored at the end.
+
+    Measured here: with two OpenMP threads on 2 shared cores, small CHGNet graphs ran
+    10-40x slower, and two OpenBLAS threads made ASE's cell filters ~100x slower.
+    Tests of the multi-worker CPU path pass ``workers=2`` explicitly.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def chgnet_calc(chgnet_adapter):
+    from mlff_calc.calculator import MLFFCalculator
+
+    return MLFFCalculator(chgnet_adapter)
 
 
 @pytest.fixture(scope="session")
@@ -56,67 +69,3 @@ def mace_adapter(mace_small_path):
     from mlff_calc.models.mace import MACEAdapter
 
     return MACEAdapter.load(mace_small_path, device="cpu", dtype="float64")
-
-
-def rattled_si(n=2, amp=0.05, seed=1):
-    atoms = bulk("Si", "diamond", 5.43, cubic=True) * (n, n, n)
-    atoms.rattle(amp, seed=seed)
-    return atoms
-
-
-def rattled_nacl(amp=0.05, seed=2):
-    atoms = bulk("NaCl", "rocksalt", 5.64) * (2, 2, 2)
-    atoms.rattle(amp, seed=seed)
-    return atoms
-
-
-def methane_in_box():
-    atoms = molecule("CH4")
-    atoms.cell = [12.0, 12.0, 12.0]
-    atoms.center()
-    atoms.pbc = True
-    return atoms
-
-
-def cu_slab():
-    atoms = fcc111("Cu", (2, 2, 3), vacuum=7.0)
-    atoms.pbc = True
-    atoms.rattle(0.02, seed=3)
-    return atoms
-
-
-STRUCTURES = {"si64": rattled_si, "nacl16": rattled_nacl, "ch4_box": methane_in_box, "cu111_slab": cu_slab}
-
-
-def fd_forces(calc, atoms, h=1e-3, indices=None):
-    """Central-difference forces -dE/dx for a few atoms."""
-    indices = range(len(atoms)) if indices is None else indices
-    out = np.zeros((len(list(indices)), 3))
-    for k, i in enumerate(indices):
-        for c in range(3):
-            e = []
-            for s in (h, -h):
-                a = atoms.copy()
-                a.positions[i, c] += s
-                a.calc = calc
-                e.append(a.get_potential_energy())
-            out[k, c] = -(e[0] - e[1]) / (2 * h)
-    return out
-
-
-def fd_stress(calc, atoms, h=1e-4):
-    """Central-difference stress (1/V) dE/dε in Voigt-6 order."""
-    voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-    out = np.zeros(6)
-    for k, (i, j) in enumerate(voigt):
-        e = []
-        for s in (h, -h):
-            eps = np.zeros((3, 3))
-            eps[i, j] += s / (1 if i == j else 2)
-            eps[j, i] += 0 if i == j else s / 2
-            a = atoms.copy()
-            a.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
-            a.calc = calc
-            e.append(a.get_potential_energy())
-        out[k] = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
-    return out

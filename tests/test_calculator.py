@@ -5,7 +5,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from conftest import fd_forces, fd_stress, rattled_si
+from helpers import fd_forces, fd_stress, rattled_si
 
 import mlff_calc
 from mlff_calc.calculator import MLFFCalculator
@@ -189,3 +189,14 @@ def test_hessian_autograd_matches_fd_and_sign(calc):
     np.testing.assert_allclose(h_auto, h_fd, atol=0.05)
     # dF/dx = -H: displacing an atom along +x pulls it back (positive diagonal)
     assert h_auto[0, 0] > 0
+
+
+def test_cpu_worker_pool_equals_single_calls(chgnet_adapter):
+    structures = [rattled_si(1, seed=s) for s in range(5)]
+    props = ("energy", "forces", "stress", "descriptors")
+    pooled = chgnet_adapter.evaluate(structures, props, workers=2)
+    for atoms, res in zip(structures, pooled):
+        single = chgnet_adapter.evaluate([atoms], props)[0]
+        for key in ("forces", "stress", "descriptors"):
+            np.testing.assert_array_equal(res[key], single[key])
+        assert res["energy"] == single["energy"]

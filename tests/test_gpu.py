@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rattled_si
+from helpers import rattled_si
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

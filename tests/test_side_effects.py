@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_no_global_side_effects(tmp_path, mace_small_path):
-    from conftest import SHARED
+    from helpers import SHARED
 
     m3gnet = SHARED / "models" / "M3GNet-MP-2021.2.8-PES"
     args = [str(m3gnet) if m3gnet.exists() else "-", str(mace_small_path)]

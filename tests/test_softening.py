@@ -9,7 +9,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
-from conftest import rattled_nacl, shared_path
+from helpers import rattled_nacl, shared_path
 
 from mlff_calc.calculator import MLFFCalculator
 from mlff_calc.errors import ArtifactError, ConfigurationError, InvalidStructureError
@@ -26,17 +26,6 @@ from mlff_calc.softening import (
 )
 
 C_TRUE = 1.27
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small CPU graphs run several times faster on one thread when cores are shared."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

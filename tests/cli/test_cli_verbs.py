@@ -18,7 +18,7 @@ from ase.collections import dcdft
 from ase.io import read, write
 from matplotlib.image import imread
 
-from conftest import shared_path
+from helpers import shared_path
 
 from mlff_calc.cli.main import main
 from mlff_calc.cli.options import restore_threads, set_threads

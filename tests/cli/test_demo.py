@@ -9,7 +9,7 @@ import pytest
 from ase.collections import dcdft
 from matplotlib.image import imread
 
-from conftest import shared_path
+from helpers import shared_path
 
 from mlff_calc.cli.main import main
 from mlff_calc.cli.options import restore_threads, set_threads

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import STRUCTURES, rattled_si
+from helpers import STRUCTURES, rattled_si
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
-from conftest import rattled_nacl
+from helpers import rattled_nacl
 
 from mlff_calc.errors import CalculationFailed
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from ase.build import bulk, fcc111, molecule
 
-from conftest import ROOT, STRUCTURES, rattled_si
+from helpers import ROOT, STRUCTURES, rattled_si
 
 from mlff_calc.errors import ConfigurationError, ModelLoadError
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
@@ -17,16 +16,6 @@ from mlff_calc.workflows.md import LOG_COLUMNS, MolecularDynamics
 A0 = 5.461  # CHGNet's lattice constant of Si (see test_relax)
 
 
-@pytest.fixture(scope="module")
-def calc(chgnet_adapter):
-    from mlff_calc.calculator import MLFFCalculator
-
-    # Two CPU cores shared by several test runs: two OpenMP threads per process
-    # were measured ~40x slower than one here. Restored when the module ends.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield MLFFCalculator(chgnet_adapter)
-    torch.set_num_threads(threads)
 
 
 class ExtrasCalc(Calculator):

@@ -12,9 +12,8 @@ import json
 import numpy as np
 import phonopy
 import pytest
-import torch
 from ase import Atoms
-from conftest import shared_path
+from helpers import shared_path
 
 from mlff_calc.workflows.phonons import FCC_POINTS, Phonons, to_ase_atoms
 
@@ -25,16 +24,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def calc(chgnet_adapter):
-    from mlff_calc.calculator import MLFFCalculator
-
-    # Two CPU cores shared by several test runs: two OpenMP threads per process
-    # were measured ~40x slower than one here. Restored when the module ends.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield MLFFCalculator(chgnet_adapter)
-    torch.set_num_threads(threads)
 
 
 class CountingCalc:

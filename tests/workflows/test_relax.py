@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import spglib
-import torch
 from ase.build import bulk
 from ase.io import read
 
@@ -15,16 +14,6 @@ from mlff_calc.errors import ConfigurationError
 from mlff_calc.workflows.relax import Relax
 
 
-@pytest.fixture(scope="module")
-def calc(chgnet_adapter):
-    from mlff_calc.calculator import MLFFCalculator
-
-    # Two CPU cores shared by several test runs: two OpenMP threads per process
-    # were measured ~40x slower than one here. Restored when the module ends.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield MLFFCalculator(chgnet_adapter)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,90 @@
+"""Shared test helpers: reference-data paths, structures, finite differences."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk, fcc111, molecule
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MLFF_CALC_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts) -> Path:
+    """A file under ../shared, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} is absent (set MLFF_CALC_SHARED to the shared folder)")
+    return path
+
+
+def si8(a: float = 5.43):
+    """The 8-atom conventional diamond Si cell."""
+    return bulk("Si", "diamond", a, cubic=True)
+
+
+def rattled_si(n=2, amp=0.05, seed=1):
+    atoms = bulk("Si", "diamond", 5.43, cubic=True) * (n, n, n)
+    atoms.rattle(amp, seed=seed)
+    return atoms
+
+
+def rattled_nacl(amp=0.05, seed=2):
+    atoms = bulk("NaCl", "rocksalt", 5.64) * (2, 2, 2)
+    atoms.rattle(amp, seed=seed)
+    return atoms
+
+
+def methane_in_box():
+    atoms = molecule("CH4")
+    atoms.cell = [12.0, 12.0, 12.0]
+    atoms.center()
+    atoms.pbc = True
+    return atoms
+
+
+def cu_slab():
+    atoms = fcc111("Cu", (2, 2, 3), vacuum=7.0)
+    atoms.pbc = True
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+STRUCTURES = {"si64": rattled_si, "nacl16": rattled_nacl, "ch4_box": methane_in_box, "cu111_slab": cu_slab}
+
+
+def fd_forces(calc, atoms, h=1e-3, indices=None):
+    """Central-difference forces -dE/dx for a few atoms."""
+    indices = range(len(atoms)) if indices is None else indices
+    out = np.zeros((len(list(indices)), 3))
+    for k, i in enumerate(indices):
+        for c in range(3):
+            e = []
+            for s in (h, -h):
+                a = atoms.copy()
+                a.positions[i, c] += s
+                a.calc = calc
+                e.append(a.get_potential_energy())
+            out[k, c] = -(e[0] - e[1]) / (2 * h)
+    return out
+
+
+def fd_stress(calc, atoms, h=1e-4):
+    """Central-difference stress (1/V) dE/dε in Voigt-6 order."""
+    voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+    out = np.zeros(6)
+    for k, (i, j) in enumerate(voigt):
+        e = []
+        for s in (h, -h):
+            eps = np.zeros((3, 3))
+            eps[i, j] += s / (1 if i == j else 2)
+            eps[j, i] += 0 if i == j else s / 2
+            a = atoms.copy()
+            a.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+            a.calc = calc
+            e.append(a.get_potential_energy())
+        out[k] = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
+    return out
