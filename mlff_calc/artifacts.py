@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,24 +54,46 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+CHECKSUM_KEY = "content_sha256"
+
+
+def stamp(data: dict) -> dict:
+    """``data`` as plain JSON types with its ``content_sha256`` added."""
+    plain = json.loads(json.dumps(data, default=_jsonable))
+    plain.pop(CHECKSUM_KEY, None)
+    plain[CHECKSUM_KEY] = _content_hash(plain)
+    return plain
+
+
 def write_json(path, data: dict) -> None:
+    """Write ``data`` atomically with a ``content_sha256`` of its canonical form, checked on read."""
+    plain = stamp(data)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(plain, indent=2, sort_keys=True) + "\n")
 
 
 def write_npz(path, **arrays) -> None:
+    """Write arrays atomically; object arrays (which would need pickle) are refused."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, allow_pickle=False, **arrays)
 
 
 def read_json(path, *, kind: str) -> dict:
+    """Read a JSON artifact; a wrong ``content_sha256`` means the file was changed or corrupted."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise ArtifactError(f"{kind} file {path} does not exist") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{kind} file {path} is not valid JSON ({exc}); it may be truncated or corrupt") from exc
+    except OSError as exc:
+        raise ArtifactError(f"{kind} file {path} cannot be read: {exc}") from exc
+    if isinstance(data, dict) and CHECKSUM_KEY in data:
+        stored = data.pop(CHECKSUM_KEY)
+        if stored != _content_hash(data):
+            raise ArtifactError(f"{kind} file {path} does not match its content checksum: it was edited or corrupted after it was written")
+    return data
 
 
 def read_npz(path, *, kind: str) -> dict[str, np.ndarray]:
@@ -79,8 +102,12 @@ def read_npz(path, *, kind: str) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except FileNotFoundError as exc:
         raise ArtifactError(f"{kind} arrays {path} do not exist") from exc
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ArtifactError(f"{kind} arrays {path} cannot be read ({exc}); the file may be truncated or corrupt") from exc
+
+
+def _content_hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def check_manifest(manifest: dict, *, fmt: str, versions: tuple[int, ...], path) -> None:

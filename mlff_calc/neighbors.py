@@ -18,31 +18,38 @@ def neighbor_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, 
     ``shifts`` are integer lattice images such that the vector from ``i`` to ``j`` is
     ``positions[j] - positions[i] + shifts @ cell``. Self pairs at zero distance
     are excluded; self pairs with a non-zero image (small cells) are kept.
+    Shifts along non-periodic directions are always zero, so any cell vector there
+    (zero, tiny or parallel to a periodic one) gives the same list.
     """
-    cell = atoms.cell.array
-    full_rank = abs(np.linalg.det(cell)) > 1e-8
-    if _matscipy_neighbour_list is not None and full_rank:
-        i, j, shifts = _matscipy_neighbour_list("ijS", atoms=atoms, cutoff=float(cutoff))
-    else:
-        i, j, shifts = _ase_neighbor_list("ijS", atoms, float(cutoff), self_interaction=False)
+    search = atoms
+    if not atoms.pbc.all():
+        search = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=bounding_cell(atoms, cutoff), pbc=atoms.pbc)
+    if _matscipy_neighbour_list is not None:
+        i, j, shifts = _matscipy_neighbour_list("ijS", atoms=search, cutoff=float(cutoff))
+    else:  # pragma: no cover
+        i, j, shifts = _ase_neighbor_list("ijS", search, float(cutoff), self_interaction=False)
     order = np.lexsort((j, i))
     return i[order].astype(np.int64), j[order].astype(np.int64), shifts[order].astype(np.int64)
 
 
 def bounding_cell(atoms: Atoms, margin: float) -> np.ndarray:
-    """A non-singular cell for structures without one (molecules in vacuum).
+    """A well-conditioned cell: the periodic vectors, completed for the other directions.
 
-    Periodic directions keep their vectors; the others become orthogonal boxes
-    long enough to hold the structure plus ``margin``.
+    Each non-periodic vector is replaced by a unit vector orthogonal to the periodic
+    ones (from an SVD), scaled to the structure's extent along it plus ``2 * margin``.
+    A fully periodic cell is returned unchanged.
     """
     cell = atoms.cell.array.copy()
-    if abs(np.linalg.det(cell)) > 1e-8:
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.all():
         return cell
-    extent = np.ptp(atoms.positions, axis=0) + 2.0 * margin
-    for axis in range(3):
-        if not atoms.pbc[axis] or np.linalg.norm(cell[axis]) < 1e-8:
-            cell[axis] = 0.0
-            cell[axis, axis] = max(extent[axis], 1.0)
-    if abs(np.linalg.det(cell)) < 1e-8:
-        return np.diag(np.maximum(extent, 1.0))
+    periodic = cell[pbc]
+    complement = np.linalg.svd(periodic)[2][len(periodic):] if len(periodic) else np.eye(3)
+    for axis, direction in zip(np.where(~pbc)[0], complement):
+        along = atoms.positions @ direction
+        span = float(np.ptp(along)) if len(atoms) else 0.0
+        cell[axis] = direction * max(span + 2.0 * margin, 1.0)
+    if np.linalg.det(cell) < 0:  # keep a right-handed cell
+        axis = np.where(~pbc)[0][0]
+        cell[axis] *= -1
     return cell

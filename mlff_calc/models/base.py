@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..checks import MIN_DISTANCE, check_atoms
+from ..checks import MIN_DISTANCE, check_atoms, check_graph_size
 from ..errors import CalculationFailed, ConfigurationError, InvalidStructureError
 
 log = logging.getLogger(__name__)
@@ -155,10 +155,14 @@ class ModelAdapter(abc.ABC):
         for atoms in atoms_list:
             self.check(atoms, stress=stress, min_distance=min_distance)
         rc = self._cutoff_or_native(cutoff)
+        for atoms in atoms_list:
+            check_graph_size(atoms, rc, self.model_id)
         need_grad = forces or stress or create_graph
         try:
             out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad)
-        except (MemoryError, torch.OutOfMemoryError) as exc:
+        except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
+                raise
             n = sum(len(a) for a in atoms_list)
             raise CalculationFailed(
                 f"{self.model_id} ran out of memory on {len(atoms_list)} structure(s) with {n} atoms in all on {self.device}; "
@@ -275,6 +279,12 @@ class ModelAdapter(abc.ABC):
         for k in range(len(rows)):
             result[k] = -(forces[2 * k] - forces[2 * k + 1]) / (2.0 * delta)
         return result
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """torch's CPU allocator reports exhaustion as a plain RuntimeError."""
+    text = str(exc).lower()
+    return "can't allocate memory" in text or "out of memory" in text
 
 
 def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[dict[str, np.ndarray]]:
