@@ -1,0 +1,353 @@
+"""Teacher labels for distillation: energies, forces, stress and energy-Hessian rows.
+
+A label store is a folder::
+
+    labels.json          manifest (format "mlff_calc.labels", version 1)
+    labels-00000.npz     structures 0 .. chunk_size-1 and their labels
+    labels-00001.npz     ...
+
+Sign convention (stored in the manifest's ``units``): forces are ``F = -∇E`` and
+the stored rows are rows of the energy Hessian ``H = d²E/dx_i dx_j`` (eV/Å²),
+so the force Jacobian is ``dF/dx = -H`` and ``F(x + h e_i) - F(x - h e_i) ≈ -2h H[i]``.
+DOF ``i`` is ``3 * atom + cartesian component``.
+
+Rows: the full Hessian when ``3N <= full_hessian_max_dof`` (default 96), otherwise
+``n_rows`` rows drawn without replacement from the free DOF (atoms not held by
+``FixAtoms``) with a generator seeded by ``(seed, structure index)``, so a resumed
+run draws the same rows. Rows are computed only for structures whose split is in
+``hessian_splits`` (default: train only; validation and test need no Hessian).
+
+Resuming: the manifest is written first and updated (atomically) after every
+chunk with that chunk's sha256. A restart with the same teacher, structures and
+config skips the chunks listed there; a chunk file that exists but is not listed
+(interrupted between the two writes) is recomputed. A manifest of another
+teacher, other structures or another config is refused with ArtifactError, and a
+listed chunk whose bytes changed is refused with ArtifactError naming it; no
+existing file is modified in either case.
+
+Each chunk holds plain arrays (no pickle): ``numbers``, ``positions``, ``cell``,
+``pbc``, ``n_atoms``, ``fixed``, ``index`` (global structure index), ``split``,
+``energy`` [B], ``forces`` [N, 3], ``stress`` [B, 6] (NaN where not periodic),
+``hessian_n_rows`` [B], ``hessian_rows`` [R] (DOF indices) and ``hessian``
+(the rows flattened structure after structure, each row of length 3N).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from .. import __version__
+from ..artifacts import check_manifest, read_json, read_npz, sha256_file, write_json, write_npz
+from ..errors import ArtifactError, ConfigurationError
+from .sample import SampleSet, pack_structures, structures_sha256, unpack_structures
+
+log = logging.getLogger(__name__)
+
+LABELS_FORMAT = "mlff_calc.labels"
+LABELS_VERSION = 1
+MANIFEST = "labels.json"
+UNITS = {
+    "energy": "eV",
+    "forces": "eV/Å (F = -dE/dx)",
+    "stress": "eV/Å³, Voigt-6 (xx, yy, zz, yz, xz, xy), positive is tensile",
+    "hessian": "eV/Å², rows of H = d²E/dx_i dx_j; dF/dx = -H",
+    "length": "Å",
+}
+
+
+def chunk_name(k: int) -> str:
+    return f"labels-{k:05d}.npz"
+
+
+def as_calculator(teacher):
+    """An MLFFCalculator for ``teacher`` (an MLFFCalculator already, or a bare adapter)."""
+    from ..calculator import MLFFCalculator
+
+    if isinstance(teacher, MLFFCalculator):
+        return teacher
+    if hasattr(teacher, "compute") and hasattr(teacher, "hessian"):
+        return MLFFCalculator(teacher)
+    raise ConfigurationError(f"the teacher must be an mlff_calc calculator or model adapter, not {type(teacher).__name__}")
+
+
+def weights_sha256(adapter) -> str:
+    """The adapter's file hash, or a hash of its parameters and buffers when it has none (bundled weights)."""
+    if adapter.sha256:
+        return adapter.sha256
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter.module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def teacher_identity(calc) -> dict:
+    """What makes two teachers the same: model id, weights hash and the layers on top."""
+    adapter = calc.adapter
+    return {"model_id": adapter.model_id, "sha256": weights_sha256(adapter), "layers": [layer.describe() for layer in calc.layers], "dtype": str(adapter.dtype).removeprefix("torch.")}
+
+
+def hessian_rows_for(index: int, n_atoms: int, fixed: np.ndarray, *, full_max_dof: int, n_rows: int, seed: int) -> np.ndarray:
+    """Which DOF rows to label for structure ``index``: all when small, else a seeded sample of free DOF."""
+    free = np.flatnonzero(np.repeat(~np.asarray(fixed, dtype=bool), 3))
+    if 3 * n_atoms <= full_max_dof or n_rows >= free.size:
+        return free
+    rng = np.random.default_rng([int(seed), int(index)])
+    return np.sort(rng.choice(free, size=n_rows, replace=False))
+
+
+# the store ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelRecord:
+    """One labelled structure. ``hessian`` is ``[len(hessian_rows), 3N]`` (may be empty)."""
+
+    index: int
+    split: str
+    atoms: Atoms
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None
+    hessian_rows: np.ndarray
+    hessian: np.ndarray
+    fixed: np.ndarray
+
+
+class LabelStore:
+    """Read access to a label store folder (checks format, chunk hashes and completeness)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.manifest = read_json(self.folder / MANIFEST, kind="label store manifest")
+        check_manifest(self.manifest, fmt=LABELS_FORMAT, versions=(LABELS_VERSION,), path=self.folder / MANIFEST)
+        check_label_manifest(self.manifest, self.folder / MANIFEST)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.manifest.get("chunks", {})) == self.manifest["n_chunks"]
+
+    @property
+    def teacher(self) -> dict:
+        return self.manifest["teacher"]
+
+    def content_sha256(self) -> str:
+        """Hash of the labelled data (chunk hashes in order): the student's training-data hash."""
+        digest = hashlib.sha256(self.manifest["structures_sha256"].encode())
+        for name in sorted(self.manifest.get("chunks", {})):
+            digest.update(self.manifest["chunks"][name].encode())
+        return digest.hexdigest()
+
+    def read_chunk(self, name: str) -> dict[str, np.ndarray]:
+        path = self.folder / name
+        expected = self.manifest.get("chunks", {}).get(name)
+        if expected is None:
+            raise ArtifactError(f"{path} is not a finished chunk of the label store {self.folder}; run labelling again to complete it")
+        if not path.is_file():
+            raise ArtifactError(f"label chunk {path} is listed in {self.folder / MANIFEST} but does not exist")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"label chunk {path} does not match the sha256 recorded in {self.folder / MANIFEST}; it was changed or is corrupt. Delete it and run labelling again to recompute it")
+        return read_npz(path, kind="label chunk")
+
+    def records(self, split: str | Sequence[str] | None = None) -> list[LabelRecord]:
+        """Every labelled structure (optionally of some splits), in index order."""
+        if not self.complete:
+            done = len(self.manifest.get("chunks", {}))
+            raise ArtifactError(f"label store {self.folder} is incomplete ({done} of {self.manifest['n_chunks']} chunks); run labelling again to finish it")
+        splits = None if split is None else ({split} if isinstance(split, str) else set(split))
+        out = []
+        for k in range(self.manifest["n_chunks"]):
+            out.extend(r for r in records_of_chunk(self.read_chunk(chunk_name(k))) if splits is None or r.split in splits)
+        return out
+
+
+#: entries every label manifest holds, with their JSON types
+_MANIFEST_TYPES = {"teacher": dict, "units": dict, "n_structures": int, "n_chunks": int, "structures_sha256": str, "config": dict, "chunks": dict}
+
+
+def check_label_manifest(manifest: dict, path) -> None:
+    """Refuse a label manifest with missing or mistyped entries (e.g. a corrupted key name)."""
+    bad = [k for k, t in _MANIFEST_TYPES.items() if not isinstance(manifest.get(k), t) or isinstance(manifest.get(k), bool)]
+    chunks = manifest.get("chunks")
+    if isinstance(chunks, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in chunks.items()):
+        bad.append("chunks")
+    if bad:
+        raise ArtifactError(f"label store manifest {path} has missing or invalid entries {sorted(set(bad))}; it is corrupt. Label into a new folder")
+
+
+def records_of_chunk(arrays: dict[str, np.ndarray]) -> list[LabelRecord]:
+    atoms_list = unpack_structures(arrays)
+    bounds = np.cumsum([0, *arrays["n_atoms"].tolist()])
+    row_bounds = np.cumsum([0, *arrays["hessian_n_rows"].tolist()])
+    h_bounds = np.cumsum([0, *(arrays["hessian_n_rows"] * 3 * arrays["n_atoms"]).tolist()])
+    out = []
+    for b, atoms in enumerate(atoms_list):
+        n3 = 3 * len(atoms)
+        stress = arrays["stress"][b]
+        rows = arrays["hessian_rows"][row_bounds[b] : row_bounds[b + 1]]
+        out.append(
+            LabelRecord(
+                index=int(arrays["index"][b]),
+                split=str(arrays["split"][b]),
+                atoms=atoms,
+                energy=float(arrays["energy"][b]),
+                forces=arrays["forces"][bounds[b] : bounds[b + 1]],
+                stress=None if np.isnan(stress).any() else stress,
+                hessian_rows=rows,
+                hessian=arrays["hessian"][h_bounds[b] : h_bounds[b + 1]].reshape(len(rows), n3),
+                fixed=arrays["fixed"][bounds[b] : bounds[b + 1]],
+            )
+        )
+    return out
+
+
+# labelling -----------------------------------------------------------------------------------
+
+
+class _HessianRows:
+    """Teacher Hessian rows with the auto -> finite-difference fallback logged once."""
+
+    def __init__(self, calc, method: str):
+        if method not in ("auto", "autograd", "fd"):
+            raise ConfigurationError(f"unknown Hessian method {method!r}; use 'auto', 'autograd' or 'fd'")
+        self.calc = calc
+        self.method = method
+        if method == "auto" and not calc.adapter.double_backward:
+            log.info("teacher %s has no double backward; Hessian rows by central finite differences of forces", calc.adapter.model_id)
+            self.method = "fd"
+
+    def __call__(self, atoms: Atoms, rows: np.ndarray) -> np.ndarray:
+        if rows.size == 0:
+            return np.zeros((0, 3 * len(atoms)))
+        if self.method == "auto":
+            try:
+                result = self.calc.get_hessian(atoms, rows, method="autograd")
+                self.method = "autograd"
+                return result
+            except RuntimeError as exc:  # e.g. "derivative for ... is not implemented" in double backward
+                log.warning("autograd Hessian of teacher %s failed (%s); using finite differences from now on", self.calc.adapter.model_id, exc)
+                self.method = "fd"
+        # through the calculator, so layers (e.g. softening) apply to the rows
+        return self.calc.get_hessian(atoms, rows, method=self.method)
+
+
+def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size: int = 16, full_hessian_max_dof: int = 96, n_rows: int = 8, hessian_splits: Sequence[str] = ("train",), hessian_method: str = "auto", seed: int = 0, progress: bool | None = None) -> LabelStore:
+    """Label ``samples`` with ``teacher`` into the label store folder ``out_dir`` (resumable).
+
+    ``samples``: a :class:`SampleSet` (its splits are kept) or a list of Atoms (all
+    "train"). ``teacher``: an :class:`~mlff_calc.calculator.MLFFCalculator` (layers
+    such as softening apply: labels come from ``calc.evaluate`` and
+    ``calc.get_hessian``) or a bare adapter.
+    """
+    from ..workflows import progress_bar
+
+    if chunk_size < 1 or n_rows < 0 or full_hessian_max_dof < 0:
+        raise ConfigurationError(f"need chunk_size >= 1, n_rows >= 0 and full_hessian_max_dof >= 0; got {chunk_size}, {n_rows}, {full_hessian_max_dof}")
+    if isinstance(samples, SampleSet):
+        structures, splits = list(samples.structures), np.asarray(samples.split, dtype=str)
+    else:
+        structures = [samples] if isinstance(samples, Atoms) else list(samples)
+        splits = np.array(["train"] * len(structures))
+    if not structures:
+        raise ConfigurationError("no structures to label")
+    calc = as_calculator(teacher)
+    folder = Path(out_dir)
+    packed = pack_structures(structures)
+    config = {"chunk_size": int(chunk_size), "full_hessian_max_dof": int(full_hessian_max_dof), "n_rows": int(n_rows), "hessian_splits": sorted(hessian_splits), "hessian_method": hessian_method, "seed": int(seed)}
+    identity = teacher_identity(calc)
+    n_chunks = -(-len(structures) // chunk_size)
+    fresh = {
+        "format": LABELS_FORMAT,
+        "format_version": LABELS_VERSION,
+        "mlff_calc_version": __version__,
+        "teacher": identity,
+        "units": UNITS,
+        "n_structures": len(structures),
+        "n_chunks": n_chunks,
+        "structures_sha256": structures_sha256(packed),
+        "splits_sha256": hashlib.sha256("\n".join(splits.tolist()).encode()).hexdigest(),
+        "counts": {s: int(np.sum(splits == s)) for s in sorted(set(splits.tolist()))},
+        "config": config,
+        "chunks": {},
+    }
+    manifest = _resume_manifest(folder, fresh)
+    hessian_rows = _HessianRows(calc, hessian_method)
+    todo = [k for k in range(n_chunks) if chunk_name(k) not in manifest["chunks"]]
+    if len(todo) < n_chunks:
+        log.info("label store %s: %d of %d chunks already done, skipping them", folder, n_chunks - len(todo), n_chunks)
+    write_json(folder / MANIFEST, manifest)
+    with progress_bar(total=len(todo), desc="label: teacher", enabled=progress) as bar:
+        for k in todo:
+            idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, len(structures)))
+            arrays = _label_chunk([structures[i] for i in idx], idx, splits[idx], calc, hessian_rows, config)
+            write_npz(folder / chunk_name(k), **arrays)
+            manifest["chunks"][chunk_name(k)] = sha256_file(folder / chunk_name(k))
+            write_json(folder / MANIFEST, manifest)
+            bar.update(1)
+    return LabelStore(folder)
+
+
+def _resume_manifest(folder: Path, fresh: dict) -> dict:
+    path = folder / MANIFEST
+    if not path.exists():
+        return fresh
+    old = read_json(path, kind="label store manifest")
+    check_manifest(old, fmt=LABELS_FORMAT, versions=(LABELS_VERSION,), path=path)
+    check_label_manifest(old, path)
+    if old.get("teacher") != fresh["teacher"]:
+        raise ArtifactError(
+            f"label store {folder} was written by teacher {old.get('teacher', {}).get('model_id')!r} "
+            f"(sha256 {str(old.get('teacher', {}).get('sha256'))[:12]}..., layers {old.get('teacher', {}).get('layers')}); "
+            f"this teacher is {fresh['teacher']['model_id']!r} (sha256 {fresh['teacher']['sha256'][:12]}..., layers {fresh['teacher']['layers']}). "
+            "Use another folder for another teacher"
+        )
+    for key in ("structures_sha256", "splits_sha256", "n_structures", "config"):
+        if old.get(key) != fresh[key]:
+            raise ArtifactError(f"label store {folder} holds labels of other inputs ({key} differs: {old.get(key)!r} vs {fresh[key]!r}); use another folder or the original inputs")
+    for name, digest in old.get("chunks", {}).items():
+        chunk = folder / name
+        if not chunk.is_file() or sha256_file(chunk) != digest:
+            raise ArtifactError(f"label chunk {chunk} is listed as finished in {path} but is missing or does not match its recorded sha256; delete it and run again to recompute it")
+    resumed = dict(fresh)
+    resumed["chunks"] = dict(old.get("chunks", {}))
+    return resumed
+
+
+def _label_chunk(atoms_list: list[Atoms], idx: np.ndarray, splits: np.ndarray, calc, hessian_rows: _HessianRows, config: dict) -> dict[str, np.ndarray]:
+    packed = pack_structures(atoms_list)
+    results: list[dict | None] = [None] * len(atoms_list)
+    periodic = [b for b, a in enumerate(atoms_list) if a.pbc.all()]
+    other = [b for b, a in enumerate(atoms_list) if not a.pbc.all()]
+    for group, props in ((periodic, ("energy", "forces", "stress")), (other, ("energy", "forces"))):
+        if group:
+            for b, res in zip(group, calc.evaluate([atoms_list[b] for b in group], props)):
+                results[b] = res
+    bounds = np.cumsum([0, *packed["n_atoms"].tolist()])
+    rows_all, hess_all, n_rows = [], [], []
+    for b, atoms in enumerate(atoms_list):
+        if splits[b] in config["hessian_splits"]:
+            rows = hessian_rows_for(int(idx[b]), len(atoms), packed["fixed"][bounds[b] : bounds[b + 1]], full_max_dof=config["full_hessian_max_dof"], n_rows=config["n_rows"], seed=config["seed"])
+        else:
+            rows = np.zeros(0, dtype=np.int64)
+        hess = hessian_rows(atoms, rows)
+        rows_all.append(rows.astype(np.int64))
+        hess_all.append(hess.reshape(-1))
+        n_rows.append(len(rows))
+    return {
+        **packed,
+        "index": idx.astype(np.int64),
+        "split": np.asarray(splits, dtype="U8"),
+        "energy": np.array([r["energy"] for r in results], dtype=np.float64),
+        "forces": np.concatenate([r["forces"] for r in results]).astype(np.float64),
+        "stress": np.stack([r.get("stress", np.full(6, np.nan)) for r in results]).astype(np.float64),
+        "hessian_n_rows": np.asarray(n_rows, dtype=np.int64),
+        "hessian_rows": np.concatenate(rows_all) if rows_all else np.zeros(0, dtype=np.int64),
+        "hessian": np.concatenate(hess_all) if hess_all else np.zeros(0),
+    }

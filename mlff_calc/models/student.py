@@ -1,0 +1,270 @@
+"""Distilled students: small ScaleShiftMACE models trained by :mod:`mlff_calc.distill`.
+
+A student folder holds ``student.json`` (format ``"mlff_calc.student"`` v1: the
+architecture kwargs of :func:`~mlff_calc.models.mace_build.build_scaleshift_mace`,
+elements, cutoff, dtype, teacher id/sha256, training-data hash, mlff_calc version,
+metrics and one check structure with its energy) and the weights as a
+``state_dict`` (``student.pt``, read with ``torch.load(weights_only=True)``; a
+``.safetensors`` file is read too when the ``safetensors`` package is installed).
+Nothing is unpickled. On load the weights' sha256 and the check energy are
+re-verified, so a folder that loads but would evaluate wrongly is refused.
+
+The student is conservative: forces are -∇E and stress the strain derivative,
+computed by :class:`~mlff_calc.models.mace.MACEAdapter`; double backward works
+(Hessian rows by autograd).
+
+Default size (:data:`DEFAULT_ARCHITECTURE`), chosen by measurement on this
+project's shared 2-core CPU (1 torch thread, float32, diamond Si).
+``benchmarks/student_sizes.py`` (medians of 5 interleaved rounds): one
+energy+forces+stress call on 64 / 216 atoms, and one training step on 4x64
+atoms with the energy+force loss, then with 4 Hessian rows per structure (VJPs
+with ``create_graph``). CHGNet 0.3.0 takes 97 / 322 ms for the same calls::
+
+    channels L ell corr int r_max  params  E+F+S 64  216 at.  step  step+H(4)
+    16       0  2   2    1   4.5     4448   10.8 ms  20.1 ms  52 ms   357 ms
+    16       0  2   3    1   5.0     4624   14.5 ms  26.7 ms  74 ms   542 ms
+    16       0  2   2    2   4.5     9136   17.0 ms  36.5 ms 100 ms   628 ms
+    16       0  2   2    2   5.0     9136   17.7 ms  40.2 ms 115 ms   793 ms
+    32       0  2   2    2   4.5    21840   21.9 ms  47.4 ms 145 ms  1148 ms
+    16       1  2   2    2   4.5    12800   27.6 ms  63.2 ms 201 ms  1505 ms
+
+Accuracy at equal budget (10 epochs, λ_KD = 0, the 141 training / 30 test
+structures of ``benchmarks/distill_si.py``, CHGNet labels), test force MAE:
+1 interaction r 4.5 Å 0.0396 eV/Å; 2 interactions r 4.5 Å 0.0387 eV/Å;
+1 interaction r 5.0 Å correlation 3 0.0412 eV/Å. The second interaction buys
+2 % in force MAE for 1.6x the inference and 1.8x the Hessian-training cost, so
+the default is the first row: 16 channels, max_L 0, max_ell 2, correlation 2,
+one interaction, r_max 4.5 Å (the first two neighbour shells of diamond Si,
+2.35 and 3.84 Å, lie well inside; the third, at 4.50 Å, is cut off).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from ..errors import ArtifactError, ConfigurationError
+from .mace import MACEAdapter
+
+log = logging.getLogger(__name__)
+
+STUDENT_FORMAT = "mlff_calc.student"
+STUDENT_VERSION = 1
+MANIFEST = "student.json"
+WEIGHTS = "student.pt"
+
+#: architecture of a default student (kwargs of build_scaleshift_mace without the elements)
+DEFAULT_ARCHITECTURE = {
+    "r_max": 4.5,
+    "channels": 16,
+    "max_L": 0,
+    "max_ell": 2,
+    "correlation": 2,
+    "num_interactions": 1,
+    "num_bessel": 8,
+    "num_polynomial_cutoff": 5,
+    "radial_mlp": [32, 32],
+    "mlp_irreps": "16x0e",
+}
+_ARCH_KEYS = set(DEFAULT_ARCHITECTURE) | {"atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift", "seed"}
+
+
+def build_student(elements: Sequence[int], *, architecture: Mapping | None = None, atomic_energies: Mapping[int, float] | None = None, avg_num_neighbors: float = 16.0, scale: float = 1.0, shift: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A fresh student module and the complete kwargs that rebuild it (for ``student.json``)."""
+    zs = sorted({int(z) for z in elements})
+    arch = {**DEFAULT_ARCHITECTURE, **dict(architecture or {})}
+    unknown = set(arch) - _ARCH_KEYS
+    if unknown:
+        raise ConfigurationError(f"unknown student architecture keys {sorted(unknown)}; known: {sorted(DEFAULT_ARCHITECTURE)}")
+    e0 = {z: float((atomic_energies or {}).get(z, 0.0)) for z in zs}
+    kwargs = {**arch, "atomic_numbers": zs, "atomic_energies": [e0[z] for z in zs], "avg_num_neighbors": float(avg_num_neighbors), "scale": float(scale), "shift": float(shift), "seed": int(seed)}
+    kwargs["radial_mlp"] = [int(x) for x in kwargs["radial_mlp"]]
+    return _build(kwargs, dtype), kwargs
+
+
+def _build(kwargs: Mapping, dtype: torch.dtype):
+    from .mace_build import build_scaleshift_mace
+
+    return build_scaleshift_mace(**{**kwargs, "radial_mlp": tuple(kwargs["radial_mlp"])}, dtype=dtype)
+
+
+class StudentAdapter(MACEAdapter):
+    """A distilled ScaleShiftMACE; ``architecture`` holds the kwargs that rebuild it."""
+
+    family = "student"
+
+    def __init__(self, module, *, architecture: Mapping, model_id="student", device="auto", dtype=None, source=None, sha256=None, manifest: dict | None = None):
+        super().__init__(module, model_id=model_id, device=device, dtype=dtype, source=source, sha256=sha256)
+        self.architecture = dict(architecture)
+        self.manifest = dict(manifest or {})
+
+    @classmethod
+    def create(cls, elements: Sequence[int], *, device="cpu", dtype="float32", **kwargs) -> "StudentAdapter":
+        """A new, untrained student (see :func:`build_student` for ``kwargs``)."""
+        from .base import resolve_dtype
+
+        torch_dtype = resolve_dtype(dtype, cls.supported_dtypes, cls.family)
+        module, arch = build_student(elements, dtype=torch_dtype, **kwargs)
+        return cls(module, architecture=arch, device=device, dtype=torch_dtype)
+
+    @classmethod
+    def load(cls, path, *, device="auto", dtype=None, model_id: str | None = None) -> "StudentAdapter":
+        """A student folder written by :func:`save_student`; ``dtype=None`` keeps the trained dtype.
+
+        Everything in the folder is checked before it is used: the manifest's format,
+        version and entries, the weights' sha256, that the weights fit the recorded
+        architecture, and the recorded energy of the check structure. Any mismatch
+        raises ArtifactError naming the folder; nothing in it is modified.
+        """
+        from ..artifacts import check_manifest, read_json, sha256_file
+
+        folder = Path(path).expanduser()
+        manifest = read_json(folder / MANIFEST, kind="student manifest")
+        check_manifest(manifest, fmt=STUDENT_FORMAT, versions=(STUDENT_VERSION,), path=folder / MANIFEST)
+        arch, weights, trained = _checked_entries(manifest, folder / MANIFEST, cls)
+        file = folder / weights["file"]
+        if not file.is_file():
+            raise ArtifactError(f"student weights {file} do not exist")
+        digest = sha256_file(file)
+        if digest != weights["sha256"]:
+            raise ArtifactError(f"student weights {file} do not match the sha256 in {folder / MANIFEST}; the file was changed or is corrupt")
+        state = _read_state_dict(file)
+        try:
+            module = _build(arch, trained)
+        except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
+            raise ArtifactError(f"the architecture in {folder / MANIFEST} cannot be built ({type(exc).__name__}: {exc}); the manifest is corrupt") from exc
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"student weights {file} do not fit the architecture in {folder / MANIFEST}: {exc}") from exc
+        adapter = cls(module, architecture=arch, model_id=model_id or f"student:{folder}", device=device, dtype=dtype or trained, source=str(folder), sha256=digest, manifest=manifest)
+        _verify_check(adapter, manifest["check"], folder, same_dtype=adapter.dtype == trained)
+        teacher = manifest.get("teacher")
+        log.info("loaded student %s (teacher %s)", folder, teacher.get("model_id") if isinstance(teacher, dict) else None)
+        return adapter
+
+
+def _checked_entries(manifest: dict, path: Path, cls) -> tuple[dict, dict, torch.dtype]:
+    """``(architecture, weights, trained dtype)`` of a manifest, or ArtifactError naming what is wrong."""
+    from .base import resolve_dtype
+
+    problems = [k for k in ("architecture", "weights", "check") if not isinstance(manifest.get(k), dict)]
+    if problems:
+        raise ArtifactError(f"student manifest {path} has missing or invalid entries {problems}; it is incomplete or corrupt")
+    arch, weights, check = manifest["architecture"], manifest["weights"], manifest["check"]
+    unknown = set(arch) - _ARCH_KEYS
+    if unknown:
+        raise ArtifactError(f"student manifest {path} has unknown architecture keys {sorted(unknown)}; it is corrupt")
+    if not all(isinstance(weights.get(k), str) for k in ("file", "sha256")) or Path(weights["file"]).name != weights["file"]:
+        raise ArtifactError(f"student manifest {path} has an invalid 'weights' entry {weights!r}; it is corrupt")
+    if not all(k in check for k in ("numbers", "positions", "cell", "pbc", "energy_eV")):
+        raise ArtifactError(f"student manifest {path} has an incomplete 'check' entry; it is corrupt")
+    try:
+        trained = resolve_dtype(manifest.get("dtype"), cls.supported_dtypes, cls.family)
+    except ConfigurationError as exc:
+        raise ArtifactError(f"student manifest {path} names an invalid dtype {manifest.get('dtype')!r}; it is corrupt") from exc
+    return arch, weights, trained
+
+
+def _read_state_dict(file: Path) -> dict:
+    if file.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ArtifactError(f"{file} is a safetensors file; install the 'safetensors' package to read it") from exc
+        return load_file(str(file))
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
+        raise ArtifactError(f"student weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"student weights {file} hold a {type(state).__name__}, not a state_dict of tensors")
+    return state
+
+
+def _check_structure(atoms: Atoms) -> dict:
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(), "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+
+
+def _verify_check(adapter: StudentAdapter, check: dict, folder: Path, *, same_dtype: bool) -> None:
+    from ..errors import MLFFError
+
+    try:
+        atoms = Atoms(numbers=check["numbers"], positions=check["positions"], cell=check["cell"], pbc=check["pbc"])
+        expected = float(check["energy_eV"])
+        got = adapter.evaluate([atoms], ("energy",), min_distance=None)[0]["energy"]
+    except (MLFFError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ArtifactError(f"the check structure in {folder / MANIFEST} cannot be evaluated ({type(exc).__name__}: {exc}); the manifest is corrupt") from exc
+    tol = (1e-6 if same_dtype else 1e-4) * max(1.0, abs(expected))
+    if not abs(got - expected) <= tol:  # also refuses a NaN
+        raise ArtifactError(
+            f"student {folder} gives {got:.8f} eV on its check structure but was saved giving {expected:.8f} eV; "
+            "the weights or this mlff_calc/mace version evaluate it differently; refusing to return wrong numbers"
+        )
+
+
+def save_student(student, folder, *, teacher: dict | None = None, training_data_sha256: str | None = None, metrics: dict | None = None, config: dict | None = None, check_atoms: Atoms | None = None) -> Path:
+    """Write ``student.json`` + ``student.pt`` (a state_dict) into ``folder`` atomically.
+
+    ``student``: a :class:`StudentAdapter` (or anything with ``.adapter`` holding one,
+    such as the result of :func:`mlff_calc.distill.train_student`, whose teacher,
+    data hash, metrics and config are used unless given here).
+    """
+    from .. import __version__
+    from ..artifacts import atomic_path, sha256_file, write_json
+
+    if not isinstance(student, StudentAdapter) and hasattr(student, "adapter"):
+        teacher = teacher if teacher is not None else getattr(student, "teacher", None)
+        training_data_sha256 = training_data_sha256 or getattr(student, "training_data_sha256", None)
+        metrics = metrics if metrics is not None else getattr(student, "metrics", None)
+        config = config if config is not None else getattr(student, "config", None)
+        check_atoms = check_atoms if check_atoms is not None else getattr(student, "check_atoms", None)
+        student = student.adapter
+    if not isinstance(student, StudentAdapter):
+        raise ConfigurationError(f"save_student needs a StudentAdapter, not {type(student).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if check_atoms is None:
+        check_atoms = _default_check(student)
+    weights = folder / WEIGHTS
+    state = {k: v.detach().cpu().clone() for k, v in student.module.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+    energy = student.evaluate([check_atoms], ("energy",), min_distance=None)[0]["energy"]
+    zs = sorted(student.elements)
+    manifest = {
+        "format": STUDENT_FORMAT,
+        "format_version": STUDENT_VERSION,
+        "mlff_calc_version": __version__,
+        "family": "mace",
+        "architecture": student.architecture,
+        "elements": {"numbers": zs, "symbols": [chemical_symbols[z] for z in zs]},
+        "cutoff_A": student.cutoff,
+        "dtype": str(student.dtype).removeprefix("torch."),
+        "n_parameters": int(sum(p.numel() for p in student.module.parameters())),
+        "teacher": teacher or {},
+        "training_data_sha256": training_data_sha256,
+        "metrics": metrics or {},
+        "config": config or {},
+        "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "length": "Å"},
+        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "kind": "state_dict (torch.save; load with weights_only=True)"},
+        "check": {**_check_structure(check_atoms), "energy_eV": energy},
+    }
+    write_json(folder / MANIFEST, manifest)
+    return folder
+
+
+def _default_check(student: StudentAdapter) -> Atoms:
+    """A small, fixed structure of the student's elements: a rattled simple-cubic cell."""
+    zs = sorted(student.elements)
+    n = max(len(zs), 2)
+    rng = np.random.default_rng(0)
+    grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float)[:max(n, 8)] * 2.4
+    numbers = [zs[k % len(zs)] for k in range(len(grid))]
+    return Atoms(numbers=numbers, positions=grid + rng.normal(0, 0.05, grid.shape), cell=np.eye(3) * 4.8, pbc=True)
