@@ -1,0 +1,124 @@
+"""Test-time radius refinement (Kreiman & Krishnapriyan 2025) as a calculator layer.
+
+For each system the layer picks, once, the candidate cutoff ``r*`` whose radius
+graph has the Laplacian spectrum closest to the model's training graphs (a
+:class:`~mlff_calc.rewiring.SpectrumReference`), then asks the adapter to build
+every graph of that system at ``r*`` (``request.cutoff``).
+
+``r*`` is chosen on first use of a system, or by an explicit :meth:`RewiringLayer.refine`,
+and then held fixed: an MD run or a relaxation never changes it, however far the
+atoms move. :meth:`RewiringLayer.reset` (``MLFFCalculator.reset_layers()``) forgets
+every choice so the next call picks again.
+
+A *system* is keyed by its Hill chemical formula plus its number of atoms
+(``"Si64|64"``): every structure of that composition and size shares one ``r*``,
+including different polymorphs; call :meth:`refine` or :meth:`reset` to choose
+again for another phase.
+
+Results gain ``r_star`` (Å), ``rewiring_radii`` (the candidates, Å) and
+``rewiring_distances`` (the spectral distance at each candidate).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ConfigurationError
+from ..rewiring import DEFAULT_N_RADII, DENSE_MAX, DISTANCES, RadiusChoice, SpectrumReference, candidate_radii, choose_radius
+from .base import Layer, Request
+
+log = logging.getLogger(__name__)
+
+
+def system_key(atoms) -> str:
+    """The per-system key: Hill formula and number of atoms."""
+    return f"{atoms.get_chemical_formula(mode='hill')}|{len(atoms)}"
+
+
+class RewiringLayer(Layer):
+    """Evaluate each system on the graph at its spectrally refined cutoff ``r*``.
+
+    ``reference``: the model's training-graph spectra (built for this model at its
+    native cutoff; another model or cutoff raises ArtifactError when the calculator
+    is built). ``distance``: ``"padded_l2"`` (the paper's), ``"histogram"`` or
+    ``"band_fraction"``. ``radii``: candidate radii in Å, all within the native
+    cutoff (default: ``n_radii`` values from 0.5 rc to rc); rc is always a candidate.
+    ``method``/``dense_max``/``spectrum_kwargs``: how spectra are computed (see
+    :func:`mlff_calc.rewiring.spectrum_from_adjacency`).
+    """
+
+    name = "rewiring"
+    provides = ("r_star", "rewiring_radii", "rewiring_distances")
+
+    def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
+        if not isinstance(reference, SpectrumReference):
+            raise ConfigurationError(f"RewiringLayer needs a SpectrumReference, not {type(reference).__name__}")
+        if distance not in DISTANCES:
+            raise ConfigurationError(f"unknown spectral distance {distance!r}; use one of {DISTANCES}")
+        self.reference = reference
+        self.distance = distance
+        self.radii = candidate_radii(reference.cutoff, radii, n_radii)  # raises for radii beyond the native cutoff
+        self.method = method
+        self.dense_max = int(dense_max)
+        self.spectrum_kwargs = dict(spectrum_kwargs)
+        self._choices: dict[str, RadiusChoice] = {}
+        #: how many times a radius was chosen (for tests and logs)
+        self.n_refinements = 0
+
+    def bind(self, adapter) -> None:
+        self.reference.check(adapter)
+        if self.radii[-1] > adapter.cutoff + 1e-9:  # cannot happen once check passed; kept for clarity
+            raise ConfigurationError(f"candidate radii reach {self.radii[-1]} Å, beyond the native cutoff {adapter.cutoff} Å")
+
+    # choosing ------------------------------------------------------------------
+    def refine(self, atoms) -> RadiusChoice:
+        """Choose ``r*`` for ``atoms``' system now (replacing any earlier choice) and hold it."""
+        choice = choose_radius(atoms, self.reference, distance=self.distance, radii=self.radii, method=self.method, dense_max=self.dense_max, **self.spectrum_kwargs)
+        key = system_key(atoms)
+        self._choices[key] = choice
+        self.n_refinements += 1
+        log.info("rewiring %s: r* = %.3f Å (%s distance %.4g; native %.3f Å)", key, choice.r_star, self.distance, choice.distances.min(), self.reference.cutoff)
+        return choice
+
+    def choice(self, atoms) -> RadiusChoice | None:
+        """The held choice for ``atoms``' system, or ``None`` before its first use."""
+        return self._choices.get(system_key(atoms))
+
+    def _choice(self, atoms) -> RadiusChoice:
+        held = self._choices.get(system_key(atoms))
+        return held if held is not None else self.refine(atoms)
+
+    # hooks ---------------------------------------------------------------------
+    def before(self, atoms_list, request: Request) -> Request:
+        choices = [self._choice(atoms) for atoms in atoms_list]
+        radii = {c.r_star for c in choices}
+        if len(radii) > 1:
+            detail = ", ".join(f"{system_key(a)}: {c.r_star:.3f} Å" for a, c in zip(atoms_list, choices))
+            raise ConfigurationError(f"one batch needs one graph cutoff, but its systems have different refined radii ({detail}); evaluate them in separate calls")
+        r_star = radii.pop()
+        if request.cutoff is not None and abs(request.cutoff - r_star) > 1e-9:
+            raise ConfigurationError(f"an earlier layer set the graph cutoff to {request.cutoff} Å; the rewiring layer chose {r_star} Å; use one layer that sets the cutoff")
+        request.cutoff = r_star
+        return request
+
+    def after(self, atoms_list, results: list[dict]) -> list[dict]:
+        out = []
+        for atoms, res in zip(atoms_list, results):
+            c = self._choices[system_key(atoms)]
+            out.append({**res, "r_star": c.r_star, "rewiring_radii": c.radii.copy(), "rewiring_distances": c.distances.copy()})
+        return out
+
+    def reset(self) -> None:
+        self._choices.clear()
+
+    def describe(self) -> dict:
+        ref = self.reference
+        return {
+            "name": self.name,
+            "distance": self.distance,
+            "radii": self.radii.tolist(),
+            "reference": ref.path or ref.source,
+            "model_id": ref.model_id,
+            "cutoff": ref.cutoff,
+            "r_star": {k: c.r_star for k, c in self._choices.items()},
+        }
