@@ -88,6 +88,8 @@ def family_of_path(path: Path) -> str:
     if path.is_dir():
         if (path / "student.json").exists():
             return "student"
+        if (path / "finetune.json").exists():
+            return "finetune"
         if (path / "model.json").exists() and (path / "state.pt").exists():
             return "m3gnet"
         raise ModelLoadError(f"{path} is a folder but holds neither an mlff_calc student (student.json) nor a matgl model (model.json + state.pt)")
@@ -110,6 +112,8 @@ def adapter_class(family: str):
         from .mace import MACEAdapter as cls
     elif family == "student":
         from .student import StudentAdapter as cls
+    elif family == "finetune":
+        from ..finetune import FinetunedModel as cls
     else:
         raise ConfigurationError(f"unknown model family {family!r}; known: chgnet, m3gnet, mace, student")
     return cls

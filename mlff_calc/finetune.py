@@ -1,0 +1,493 @@
+"""Few-shot fine-tuning of a model adapter on DFT data (Deng et al. 2024, arXiv 2405.07105, §fine-tuning).
+
+:func:`finetune` trains a CHGNet, M3GNet or MACE adapter *in place* on a handful
+(1–100) of DFT-labelled structures (a :class:`~mlff_calc.softening.DFTDataset`):
+
+- ``trainable="readout"``: only the adapter's ``"readout"`` parameter group is
+  optimised; every other parameter stays bitwise identical. ``"all"``: every
+  parameter of the module that upstream leaves trainable (``requires_grad``; CHGNet's
+  fitted per-element AtomRef stays frozen). A list of group names picks groups explicitly.
+- loss (squared errors, the paper's weights by default, :data:`PAPER_WEIGHTS`):
+  ``w_E mean_k ((E_m,k - E_d,k) / n_k)² + w_F mean_i |F_m,i - F_d,i|²/3 + w_S mean_j (σ_m,j - σ_d,j)²``
+  with energies per atom in eV, forces in eV/Å and stress in GPa (3x3, ASE sign).
+  A term is used for a structure only when it carries that DFT label.
+  Forces are the *absolute* DFT forces of each structure (what the paper fine-tunes
+  on); no residual-force subtraction is done here.
+- Adam (the generic :class:`~mlff_calc.training.Trainer`, AdamW with weight decay 0)
+  with a cosine schedule, no EMA by default; the weights of the epoch with the
+  lowest validation loss are restored at the end (``valid=None`` validates on
+  the training set).
+- the module is kept in eval mode (dropout off) during training: the loss is the
+  deterministic prediction the calculator gives.
+- every epoch the Euclidean force-error norm of every training atom is logged in
+  the trainer's error-log format (:class:`mlff_calc.distill.train.ErrorLog`,
+  ``error_log.npz`` in ``out_dir``).
+
+:func:`save_finetuned` writes a folder with ``finetune.json`` (format
+``mlff_calc.finetune`` v1: base model id, source and sha256s, trainable groups,
+data hash, metrics, a check energy) and ``weights.pt``: ONLY the trained
+parameters, a state_dict of tensors (read back with ``torch.load(weights_only=True)``).
+:func:`load_finetuned` (and ``mlff_calc.load(folder)``) loads the base model by
+its id (falling back to its recorded source path), refuses a base whose sha256
+differs from the recorded one with ArtifactError, and applies the weights.
+
+The fine-tuned adapter gets a new ``model_id`` ``"<base id>+ft:<12 hex>"`` and
+``sha256`` (the content hash of the trained parameters), so softening fits and
+other artifacts bound to the base model refuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.units import GPa
+
+from . import __version__
+from .artifacts import atomic_path, check_manifest, read_json, sha256_file, write_json
+from .errors import ArtifactError, ConfigurationError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mlff_calc.finetune"
+FORMAT_VERSION = 1
+MANIFEST = "finetune.json"
+WEIGHTS = "weights.pt"
+ERROR_LOG = "error_log.npz"
+#: the loss weights of Deng et al. 2024 (energy per atom / force / stress)
+PAPER_WEIGHTS = {"energy_weight": 0.1, "force_weight": 100.0, "stress_weight": 0.1}
+UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "GPa", "loss": "weighted mean squared errors"}
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def weights_sha256(named: dict[str, torch.Tensor]) -> str:
+    """Content hash of named tensors (sorted by name; floating tensors cast to float32 so the dtype a model runs in does not matter)."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        t = named[name].detach().cpu()
+        if t.is_floating_point():
+            t = t.to(torch.float32)
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_weights_sha256(adapter) -> str:
+    return weights_sha256(dict(adapter.module.state_dict()))
+
+
+def dataset_sha256(dataset) -> str:
+    """Hash of the structures and DFT labels of a DFTDataset."""
+    digest = hashlib.sha256()
+    for s in dataset.structures:
+        for arr in (s.atoms.numbers, s.atoms.positions, s.atoms.cell.array, s.atoms.pbc, s.forces):
+            digest.update(np.ascontiguousarray(np.asarray(arr, dtype=float)).tobytes())
+        digest.update(repr(None if s.energy is None else float(s.energy)).encode())
+        digest.update(b"none" if s.stress is None else np.asarray(s.stress, float).tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _param_names(adapter) -> dict[int, str]:
+    return {id(p): name for name, p in adapter.module.named_parameters()}
+
+
+def resolve_trainable(adapter, trainable) -> tuple[list[str], dict[str, torch.nn.Parameter]]:
+    """(group names, {parameter name: parameter}) that ``trainable`` selects."""
+    groups = adapter.parameter_groups()
+    if trainable == "all":
+        names = ["all"]
+        # parameters the upstream package keeps frozen (e.g. CHGNet's fitted AtomRef) stay frozen
+        params = {n: p for n, p in adapter.module.named_parameters() if p.requires_grad}
+    else:
+        names = [trainable] if isinstance(trainable, str) else list(trainable)
+        unknown = [g for g in names if g not in groups]
+        if unknown or not names:
+            raise ConfigurationError(f"trainable must be 'all', 'readout' or a list of parameter groups of {adapter.model_id} ({', '.join(groups)}); unknown: {unknown}")
+        lookup = _param_names(adapter)
+        params = {}
+        for g in names:
+            for p in groups[g]:
+                if id(p) not in lookup:
+                    raise ConfigurationError(f"parameter group {g!r} of {adapter.model_id} holds a parameter outside the module")
+                params[lookup[id(p)]] = p
+    if not params:
+        raise ConfigurationError(f"trainable={trainable!r} selects no parameters of {adapter.model_id}")
+    return names, params
+
+
+class _EvalModule(torch.nn.Module):
+    """Wraps the adapter's module so the trainer's ``train()`` does not switch dropout on."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@dataclass
+class _Item:
+    index: int
+    atoms: Atoms
+    forces: torch.Tensor
+    energy: torch.Tensor | None
+    stress: torch.Tensor | None  # 3x3, GPa
+    atom_offset: int = 0
+
+
+def _voigt_to_matrix(v) -> np.ndarray:
+    xx, yy, zz, yz, xz, xy = np.asarray(v, float).reshape(6)
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def _items(dataset, adapter) -> list[_Item]:
+    items, offset = [], 0
+    t = lambda x: torch.as_tensor(np.asarray(x, float), dtype=adapter.dtype, device=adapter.device)  # noqa: E731
+    for k, s in enumerate(dataset.structures):
+        stress = None if s.stress is None else t(_voigt_to_matrix(s.stress) / GPa)
+        items.append(_Item(k, s.atoms, t(s.forces), None if s.energy is None else t(s.energy), stress, offset))
+        offset += len(s.atoms)
+    return items
+
+
+class FinetuneLoss:
+    """``loss(adapter, items, train) -> (loss, parts, per-atom force-error norms)``; see the module docstring."""
+
+    def __init__(self, energy_weight=0.1, force_weight=100.0, stress_weight=0.1):
+        for name, w in (("energy_weight", energy_weight), ("force_weight", force_weight), ("stress_weight", stress_weight)):
+            if not (isinstance(w, (int, float)) and np.isfinite(w) and w >= 0):
+                raise ConfigurationError(f"{name} must be a finite number >= 0, not {w!r}")
+        if not (energy_weight or force_weight or stress_weight):
+            raise ConfigurationError("all fine-tuning loss weights are zero")
+        self.w_e, self.w_f, self.w_s = float(energy_weight), float(force_weight), float(stress_weight)
+
+    def __call__(self, adapter, items: Sequence[_Item], *, train: bool = True):
+        want_stress = self.w_s > 0 and any(it.stress is not None for it in items)
+        out = adapter.compute([it.atoms for it in items], forces=True, stress=want_stress, create_graph=train, min_distance=None)
+        ref_f = torch.cat([it.forces for it in items])
+        diff = out["forces"] - ref_f
+        err = torch.linalg.vector_norm(diff, dim=-1)
+        l_f = (diff**2).mean()
+        loss = self.w_f * l_f
+        parts = {"force_mse": float(l_f.detach()), "force_mae": float(diff.abs().mean().detach())}
+        with_e = [k for k, it in enumerate(items) if it.energy is not None]
+        if self.w_e > 0 and with_e:
+            idx = torch.tensor(with_e, device=adapter.device)
+            e_pred = out["energy"][idx] / out["n_atoms"][idx].to(adapter.dtype)
+            e_ref = torch.stack([items[k].energy for k in with_e]) / out["n_atoms"][idx].to(adapter.dtype)
+            l_e = ((e_pred - e_ref) ** 2).mean()
+            loss = loss + self.w_e * l_e
+            parts["energy_mse_per_atom"] = float(l_e.detach())
+        if want_stress:
+            with_s = [k for k, it in enumerate(items) if it.stress is not None]
+            pred = out["stress"][torch.tensor(with_s, device=adapter.device)] / GPa
+            l_s = ((pred - torch.stack([items[k].stress for k in with_s])) ** 2).mean()
+            loss = loss + self.w_s * l_s
+            parts["stress_mse_gpa"] = float(l_s.detach())
+        parts["loss"] = float(loss.detach())
+        return loss, parts, err.detach()
+
+
+def evaluate_dataset(adapter, dataset, loss: FinetuneLoss | None = None, batch_size: int = 4) -> dict[str, float]:
+    """Weighted loss and force MAE / RMSE (eV/Å) of ``adapter`` on ``dataset`` (no gradients kept)."""
+    loss = loss or FinetuneLoss(**PAPER_WEIGHTS)
+    items = _items(dataset, adapter)
+    total, n, abs_err, sq_err, n_comp = 0.0, 0, 0.0, 0.0, 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        value, parts, _ = loss(adapter, chunk, train=False)
+        total += parts["loss"] * len(chunk)
+        n += len(chunk)
+        out = adapter.compute([it.atoms for it in chunk], forces=True, min_distance=None)
+        diff = (out["forces"] - torch.cat([it.forces for it in chunk])).double()
+        abs_err += float(diff.abs().sum())
+        sq_err += float((diff**2).sum())
+        n_comp += diff.numel()
+    return {"loss": total / n, "force_mae": abs_err / n_comp, "force_rmse": (sq_err / n_comp) ** 0.5}
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned adapter (the one passed in, trained in place) and what it was trained on."""
+
+    adapter: object
+    trainable: list[str]
+    parameter_names: list[str]
+    base: dict
+    history: list[dict]
+    metrics: dict
+    config: dict
+    data_sha256: str
+    error_log: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+
+
+def finetune(
+    adapter,
+    train,
+    valid=None,
+    *,
+    trainable="readout",
+    epochs: int = 50,
+    lr: float = 1e-3,
+    batch_size: int = 1,
+    energy_weight: float = PAPER_WEIGHTS["energy_weight"],
+    force_weight: float = PAPER_WEIGHTS["force_weight"],
+    stress_weight: float = PAPER_WEIGHTS["stress_weight"],
+    min_lr_ratio: float = 0.01,
+    ema_decay: float | None = None,
+    patience: int | None = None,
+    grad_clip: float | None = 10.0,
+    seed: int = 0,
+    out_dir=None,
+    progress: bool | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``adapter`` in place on ``train`` (a DFTDataset of 1–100 structures); see the module docstring.
+
+    ``valid``: a DFTDataset for checkpoint selection (default: ``train``).
+    ``patience``: early stopping after that many epochs without improvement (default: off).
+    With ``out_dir`` the fine-tuned model is saved there (:func:`save_finetuned`) with
+    ``error_log.npz`` (rewritten every epoch).
+    """
+    from .distill.train import ErrorLog
+    from .training import Trainer, TrainerConfig
+
+    if getattr(adapter, "finetune_info", None) is not None:
+        raise ConfigurationError(f"{adapter.model_id} is already fine-tuned; fine-tune its base model instead (pass both datasets)")
+    if len(train) == 0:
+        raise ConfigurationError("the fine-tuning set holds no structures")
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be >= 1, not {batch_size}")
+    if valid is None:
+        log.warning("fine-tuning without a validation set: the checkpoint is chosen on the training loss")
+        valid = train
+    started = time.perf_counter()
+    base = {
+        "model_id": adapter.model_id,
+        "family": adapter.family,
+        "source": adapter.source,
+        "sha256": adapter.sha256,
+        "weights_sha256": base_weights_sha256(adapter),
+        "dtype": str(adapter.dtype).removeprefix("torch."),
+    }
+    groups, params = resolve_trainable(adapter, trainable)
+    loss_fn = FinetuneLoss(energy_weight, force_weight, stress_weight)
+    train_items = _items(train, adapter)
+    error_log = ErrorLog(train_items)
+    before = {"train": evaluate_dataset(adapter, train, loss_fn), "valid": evaluate_dataset(adapter, valid, loss_fn)}
+    config = {
+        "trainable": trainable if isinstance(trainable, str) else list(trainable),
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam", "schedule": "cosine",
+        "min_lr_ratio": min_lr_ratio, "ema_decay": ema_decay, "patience": patience, "grad_clip": grad_clip, "seed": seed,
+        "energy_weight": energy_weight, "force_weight": force_weight, "stress_weight": stress_weight,
+        "n_train": len(train), "n_valid": len(valid), "train_source": train.source, "valid_source": valid.source,
+        "forces": "absolute DFT forces (no residual-force subtraction)",
+    }
+    out_dir = Path(out_dir) if out_dir is not None else None
+    order = np.random.default_rng(seed)
+    frozen = [p for p in adapter.module.parameters() if all(p is not q for q in params.values())]
+    saved_flags = [(p, p.requires_grad) for p in adapter.module.parameters()]
+
+    def batches(epoch):
+        perm = order.permutation(len(train_items))
+        for start in range(0, len(perm), batch_size):
+            yield [train_items[k] for k in perm[start : start + batch_size]]
+
+    def step(batch):
+        loss, parts, err = loss_fn(adapter, batch, train=True)
+        error_log.record(batch, err)
+        return loss, parts
+
+    def validate():
+        m = evaluate_dataset(adapter, valid, loss_fn)
+        return {f"val_{k}": v for k, v in m.items()}
+
+    def on_epoch_end(epoch, row):
+        error_log.end_epoch()
+        if out_dir is not None:
+            error_log.write(out_dir / ERROR_LOG)
+
+    trainer_config = TrainerConfig(epochs=epochs, lr=lr, weight_decay=0.0, schedule="cosine", min_lr_ratio=min_lr_ratio, ema_decay=ema_decay, patience=patience or epochs + 1, grad_clip=grad_clip, monitor="val_loss", progress=progress)
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        trainer = Trainer(_EvalModule(adapter.module), trainer_config, params=list(params.values()))
+        history = trainer.fit(step, batches, validate, on_epoch_end=on_epoch_end, steps_per_epoch=-(-len(train_items) // batch_size))
+    finally:
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+        adapter.module.eval()
+    after = {"train": evaluate_dataset(adapter, train, loss_fn), "valid": evaluate_dataset(adapter, valid, loss_fn)}
+    metrics = {"before": before, "after": after, "best_epoch": history.best_epoch, "best_val_loss": history.best_value, "epochs_run": len(history.rows), "train_time_s": time.perf_counter() - started}
+    state = {name: p.detach().cpu().clone() for name, p in params.items()}
+    _mark(adapter, base, state, source=str(out_dir) if out_dir is not None else None)
+    check_atoms = train.structures[0].atoms
+    check = {"energy": float(adapter.evaluate([check_atoms], ("energy",), min_distance=None)[0]["energy"]), "dtype": str(adapter.dtype).removeprefix("torch."), "atoms": _atoms_dict(check_atoms)}
+    result = FinetuneResult(adapter, groups, sorted(state), base, history.rows, metrics, config, dataset_sha256(train), error_log.arrays(), check)
+    log.info("fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å", base["model_id"], groups, len(train), metrics["train_time_s"], before["train"]["force_mae"], after["train"]["force_mae"], before["valid"]["force_mae"], after["valid"]["force_mae"])
+    if out_dir is not None:
+        save_finetuned(result, out_dir)
+    return result
+
+
+def _mark(adapter, base: dict, state: dict[str, torch.Tensor], source: str | None) -> None:
+    """Give the fine-tuned adapter its own identity."""
+    digest = weights_sha256(state)
+    adapter._model_id = f"{base['model_id']}+ft:{digest[:12]}"
+    adapter.sha256 = digest
+    adapter.source = source
+    adapter.finetune_info = {"base": base, "weights_sha256": digest}
+
+
+def _atoms_dict(atoms: Atoms) -> dict:
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(), "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+
+
+def _atoms_from(d: dict) -> Atoms:
+    return Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+
+
+# --------------------------------------------------------------------------- saving / loading
+
+
+def save_finetuned(result: FinetuneResult, folder) -> Path:
+    """Write ``weights.pt`` (the trained parameters only) and ``finetune.json`` atomically into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter = result.adapter
+    named = dict(adapter.module.named_parameters())
+    state = {name: named[name].detach().cpu().clone() for name in result.parameter_names}
+    weights = folder / WEIGHTS
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mlff_calc_version": __version__,
+        "base": result.base,
+        "model_id": adapter.model_id,
+        "trainable": result.trainable,
+        "parameters": {name: list(t.shape) for name, t in state.items()},
+        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "content_sha256": weights_sha256(state)},
+        "data_sha256": result.data_sha256,
+        "metrics": result.metrics,
+        "config": result.config,
+        "check": result.check,
+        "units": UNITS,
+        "history": result.history,
+    }
+    write_json(folder / MANIFEST, manifest)
+    adapter.source = str(folder)
+    log.info("saved fine-tuned %s to %s (%d tensors)", adapter.model_id, folder, len(state))
+    return folder
+
+
+def read_manifest(folder) -> dict:
+    folder = Path(folder)
+    manifest = read_json(folder / MANIFEST, kind="fine-tune manifest")
+    check_manifest(manifest, fmt=FORMAT, versions=(FORMAT_VERSION,), path=folder / MANIFEST)
+    for key, kind in (("base", dict), ("weights", dict), ("trainable", list), ("parameters", dict), ("check", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(f"fine-tune manifest {folder / MANIFEST}: field {key!r} is missing or not a {kind.__name__}")
+    if not isinstance(manifest["base"].get("model_id"), str) or not isinstance(manifest["base"].get("weights_sha256"), str):
+        raise ArtifactError(f"fine-tune manifest {folder / MANIFEST}: the base model id or sha256 is missing")
+    return manifest
+
+
+def _read_weights(file: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise ArtifactError(f"fine-tuned weights {file} do not exist")
+    if sha256_file(file) != expected_sha:
+        raise ArtifactError(f"fine-tuned weights {file} do not match the sha256 in its {MANIFEST}; the file was changed or is corrupt")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
+        raise ArtifactError(f"fine-tuned weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ArtifactError(f"fine-tuned weights {file} are not a state_dict of tensors")
+    return state
+
+
+def _load_base(base: dict, device, dtype):
+    from .models.registry import KNOWN_MODELS, canonical_name, load_adapter
+
+    model_id = base["model_id"]
+    if canonical_name(model_id) in KNOWN_MODELS:
+        return load_adapter(model_id, device=device, dtype=dtype)
+    source = base.get("source")
+    if source and Path(source).exists():
+        return load_adapter(source, device=device, dtype=dtype, family=base.get("family"))
+    raise ModelLoadError(f"the base model '{model_id}' of this fine-tuned model is neither a known model name nor at its recorded source {source!r}")
+
+
+def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None):
+    """A fine-tuned adapter from a folder written by :func:`save_finetuned`.
+
+    The base model is loaded by its recorded id (or source path) unless
+    ``base_adapter`` (a freshly loaded, unmodified base) is given; a base whose
+    sha256 differs from the recorded one raises ArtifactError. Nothing in the folder is modified.
+    """
+    folder = Path(folder).expanduser()
+    manifest = read_manifest(folder)
+    base, wmeta = manifest["base"], manifest["weights"]
+    state = _read_weights(folder / str(wmeta.get("file", WEIGHTS)), str(wmeta.get("sha256")))
+    if weights_sha256(state) != wmeta.get("content_sha256"):
+        raise ArtifactError(f"fine-tuned weights in {folder} do not match the content hash in {MANIFEST}")
+    adapter = base_adapter if base_adapter is not None else _load_base(base, device, dtype or base.get("dtype"))
+    if getattr(adapter, "finetune_info", None) is not None:
+        raise ArtifactError(f"{folder}: the given base adapter {adapter.model_id} is itself fine-tuned")
+    if adapter.model_id != base["model_id"]:
+        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}', not '{adapter.model_id}'")
+    if base.get("sha256") and adapter.sha256 and base["sha256"] != adapter.sha256:
+        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with file sha256 {base['sha256'][:12]}..., but the loaded base has {adapter.sha256[:12]}...")
+    got = base_weights_sha256(adapter)
+    if got != base["weights_sha256"]:
+        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with weights sha256 {base['weights_sha256'][:12]}..., but the loaded base weights have {got[:12]}...; these weights do not belong to that base")
+    named = dict(adapter.module.named_parameters())
+    for name, t in state.items():
+        if name not in named or tuple(named[name].shape) != tuple(t.shape):
+            raise ArtifactError(f"fine-tuned weights in {folder}: parameter {name!r} {tuple(t.shape)} does not exist in the base model with that shape")
+    with torch.no_grad():
+        for name, t in state.items():
+            named[name].copy_(t.to(device=named[name].device, dtype=named[name].dtype))
+    _mark(adapter, base, state, source=str(folder))
+    check = manifest["check"]
+    if check.get("dtype") == str(adapter.dtype).removeprefix("torch.") and "atoms" in check:
+        atoms = _atoms_from(check["atoms"])
+        energy = float(adapter.evaluate([atoms], ("energy",), min_distance=None)[0]["energy"])
+        tol = 1e-5 * max(1.0, abs(check["energy"])) + 1e-4
+        if abs(energy - check["energy"]) > tol:
+            raise ArtifactError(f"fine-tuned model {folder} gives {energy:.6f} eV on its check structure, but {check['energy']:.6f} eV was recorded when it was saved")
+    log.info("loaded fine-tuned %s from %s", adapter.model_id, folder)
+    return adapter
+
+
+class FinetunedModel:
+    """Registry hook: ``adapter_class("finetune").load(folder, ...)`` is :func:`load_finetuned`."""
+
+    @classmethod
+    def load(cls, path, *, device="auto", dtype=None, **_):
+        return load_finetuned(path, device=device, dtype=dtype)
