@@ -143,7 +143,7 @@ class StudentAdapter(MACEAdapter):
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ArtifactError(f"student weights {file} do not fit the architecture in {folder / MANIFEST}: {exc}") from exc
-        adapter = cls(module, architecture=arch, model_id=model_id or f"student:{folder}", device=device, dtype=dtype or trained, source=str(folder), sha256=digest, manifest=manifest)
+        adapter = cls(module, architecture=arch, model_id=model_id or f"student:{digest[:16]}", device=device, dtype=dtype or trained, source=str(folder), sha256=digest, manifest=manifest)
         _verify_check(adapter, manifest["check"], folder, same_dtype=adapter.dtype == trained)
         teacher = manifest.get("teacher")
         log.info("loaded student %s (teacher %s)", folder, teacher.get("model_id") if isinstance(teacher, dict) else None)

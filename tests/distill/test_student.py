@@ -13,6 +13,7 @@ from ase.build import bulk
 from helpers import si8
 
 import mlff_calc
+from mlff_calc.artifacts import stamp
 from mlff_calc.distill import DistillationLoss, LossWeights, StudentAdapter, save_student
 from mlff_calc.distill.loss import TrainItem
 from mlff_calc.errors import ArtifactError, UnsupportedElementError
@@ -165,22 +166,22 @@ def test_bad_student_artifacts(trained, tmp_path, damage):
     elif damage == "weights_truncated":
         weights.write_bytes(weights.read_bytes()[:500])
         manifest["weights"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-        manifest_path.write_text(json.dumps(manifest))
+        manifest_path.write_text(json.dumps(stamp(manifest)))  # well-formed, with a bad field
         match = "cannot be read"
     elif damage == "manifest_json":
         manifest_path.write_text(manifest_path.read_text()[:50])
         match = "not valid JSON"
     elif damage == "architecture":
         manifest["architecture"]["channels"] = 16
-        manifest_path.write_text(json.dumps(manifest))
+        manifest_path.write_text(json.dumps(stamp(manifest)))  # well-formed, with a bad field
         match = "do not fit"
     elif damage == "check_energy":
         manifest["check"]["energy_eV"] += 0.5
-        manifest_path.write_text(json.dumps(manifest))
+        manifest_path.write_text(json.dumps(stamp(manifest)))  # well-formed, with a bad field
         match = "check structure"
     else:
         manifest["format_version"] = 99
-        manifest_path.write_text(json.dumps(manifest))
+        manifest_path.write_text(json.dumps(stamp(manifest)))  # well-formed, with a bad field
         match = "version"
     before = digest(folder)
     with pytest.raises(ArtifactError, match=match):
