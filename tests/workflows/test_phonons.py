@@ -3,6 +3,9 @@
 Reference figures (../shared/README.md), highest branch at Γ / X / L in THz:
 VASP-PBE Si 15.11 / 13.43 / 14.33, NaCl (BORN) 4.61 / 5.26 / 6.24;
 CHGNet 0.3.0 Si 12.88 / 9.94 / 11.41, NaCl 1.82 / 3.25 / 4.28.
+M3GNet-MP-2021.2.8 (matgl 4.1.2, measured here with these tests): Si 10.24 / 10.61 / 10.93, NaCl 4.35 / 4.93 / 5.89.
+
+Every dataset test runs for CHGNet and for M3GNet-MP (the latter skips without ../shared/models).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from mlff_calc.workflows.phonons import FCC_POINTS, Phonons, to_ase_atoms
 
 QPOINTS = list(FCC_POINTS.values())
 CASES = {
-    "Si": {"vasp": (15.11, 13.43, 14.33), "chgnet": (12.88, 9.94, 11.41)},
-    "NaCl": {"vasp": (4.61, 5.26, 6.24), "chgnet": (1.82, 3.25, 4.28)},
+    "Si": {"vasp": (15.11, 13.43, 14.33), "CHGNet": (12.88, 9.94, 11.41), "M3GNet-MP": (10.24, 10.61, 10.93)},
+    "NaCl": {"vasp": (4.61, 5.26, 6.24), "CHGNet": (1.82, 3.25, 4.28), "M3GNet-MP": (4.35, 4.93, 5.89)},
 }
+MODELS = ["CHGNet", "M3GNet-MP"]
 
 
 
@@ -58,14 +62,25 @@ def plain_phonopy_with_model(name, calc):
     return ph, np.array(forces), np.array(ph.qpoints.frequencies)
 
 
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    """(name, calculator): CHGNet, and M3GNet-MP-2021.2.8 from ../shared (skipped when absent)."""
+    if request.param == "CHGNet":
+        return request.param, request.getfixturevalue("calc")
+    from mlff_calc.calculator import MLFFCalculator
+
+    return request.param, MLFFCalculator(request.getfixturevalue("m3gnet_adapter"))
+
+
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request, calc):
+def case(request, model):
     name = request.param
+    model_name, calc = model
     counting = CountingCalc(calc)
     wf = Phonons.from_reference(shared_path("data", "phonopy", name), counting, batch_size=32, progress=False, mesh=(12, 12, 12), band_npoints=31)
     res = wf.run()
     plain, plain_forces, plain_freqs = plain_phonopy_with_model(name, calc)
-    return {"name": name, "wf": wf, "res": res, "counting": counting, "plain": plain, "plain_forces": plain_forces, "plain_freqs": plain_freqs}
+    return {"name": name, "model": model_name, "wf": wf, "res": res, "counting": counting, "plain": plain, "plain_forces": plain_forces, "plain_freqs": plain_freqs}
 
 
 def test_same_displaced_supercells_as_reference(case):
@@ -94,16 +109,16 @@ def test_reproduces_plain_phonopy_with_the_same_forces(case):
 
 
 def test_highest_branch_matches_reference_figures(case):
-    name, wf = case["name"], case["wf"]
+    name, model, wf = case["name"], case["model"], case["wf"]
     ours = wf.highest_branch_at(FCC_POINTS)
     wf.reference.run_qpoints(QPOINTS)
     vasp = wf.reference.qpoints.frequencies.max(axis=1)
     print(
-        f"\n{name} highest branch Γ/X/L (THz): CHGNet {ours['G']:.2f} / {ours['X']:.2f} / {ours['L']:.2f}; VASP-PBE {vasp[0]:.2f} / {vasp[1]:.2f} / {vasp[2]:.2f}",
+        f"\n{name} highest branch Γ/X/L (THz): {model} {ours['G']:.2f} / {ours['X']:.2f} / {ours['L']:.2f}; VASP-PBE {vasp[0]:.2f} / {vasp[1]:.2f} / {vasp[2]:.2f}",
     )
     # the VASP numbers pin the labels: X = (½,0,½) and L = (½,½,½) in the primitive reciprocal basis
     np.testing.assert_allclose(vasp, CASES[name]["vasp"], atol=0.01)
-    np.testing.assert_allclose([ours["G"], ours["X"], ours["L"]], CASES[name]["chgnet"], atol=0.05)
+    np.testing.assert_allclose([ours["G"], ours["X"], ours["L"]], CASES[name][model], atol=0.05)
 
 
 def test_fcc_qpoints_are_gamma_x_l(case):
@@ -130,7 +145,7 @@ def test_bands_dos_thermal_and_files(case, tmp_path):
     again = phonopy.load(path, log_level=0, is_nac=case["name"] == "NaCl")
     again.run_qpoints(QPOINTS)
     np.testing.assert_allclose(again.qpoints.frequencies, wf.frequencies_at(QPOINTS), atol=1e-6)
-    png = wf.plot_bands(tmp_path / "bands.png", reference=wf.reference, label="CHGNet", reference_label="VASP-PBE")
+    png = wf.plot_bands(tmp_path / "bands.png", reference=wf.reference, label=case["model"], reference_label="VASP-PBE")
     assert png.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(wf.write_summary(tmp_path / "summary.json", points=FCC_POINTS).read_text())
     assert set(data["result"]["highest_branch_THz"]) == {"G", "X", "L"}
