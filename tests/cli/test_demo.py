@@ -62,11 +62,33 @@ def check_physics(results: dict) -> None:
     assert 100 < md["mean_temperature_K"] < 600
 
 
+def check_layers(tmp_path, data: dict) -> None:
+    """The distilled student and the LTAU uncertainty along its MD (both sections must succeed)."""
+    results, sizes = data["results"], data["results"]["sizes"]
+    student = results["student"]
+    assert "error" not in student, student.get("error")
+    assert student["teacher"] == "chgnet-0.3.0"
+    assert student["speedup"] > 1 and student["speedup"] == pytest.approx(student["teacher_ms"] / student["student_ms"])
+    assert math.isfinite(student["test_force_mae_eV_per_A"]) and 0 < student["test_force_mae_eV_per_A"] < 1.0
+    assert 1 <= student["epochs_run"] <= sizes["student_epochs"] and student["n_structures"]["test"] > 0
+    assert (tmp_path / data["outputs"]["student"] / "error_log.npz").exists()
+
+    uq = results["uncertainty"]
+    assert "error" not in uq, uq.get("error")
+    trace = uq["forces_uncertainty_max_eV_per_A"]
+    assert len(trace) == len(uq["step"]) == sizes["uq_md_steps"] + 1  # the initial state and every step
+    assert all(math.isfinite(v) and v > 0 for v in trace)
+    assert uq["min_eV_per_A"] == pytest.approx(min(trace)) and uq["max_eV_per_A"] == pytest.approx(max(trace))
+    assert uq["min_eV_per_A"] <= uq["mean_eV_per_A"] <= uq["max_eV_per_A"]
+    assert uq["system"] == f"Si{8 * sizes['uq_md_repeat'] ** 3}"
+    assert_png(tmp_path / data["outputs"]["uncertainty_plot"])
+
+
 def test_quick_demo(tmp_path, monkeypatch, capsys):
     data = run_demo(tmp_path, monkeypatch, "--quick")
     results = data["results"]
     assert results["sizes"]["quick"] is True
-    assert set(results["timings_s"]) == {"singlepoint", "relax", "eos", "phonons", "md"}
+    assert set(results["timings_s"]) == {"singlepoint", "relax", "eos", "phonons", "md", "student", "uncertainty"}
     assert [r["structure"] for r in results["singlepoint"]["rows"]][:2] == ["Si (diamond, rattled)", "NaCl (rocksalt)"]
     check_physics(results)
     assert data["config"]["threads"] == 1
@@ -74,8 +96,9 @@ def test_quick_demo(tmp_path, monkeypatch, capsys):
     for key in ("eos_plot", "bands_Si", "bands_NaCl", "md_plot"):
         assert_png(tmp_path / data["outputs"][key])
     out = capsys.readouterr().out
-    for title in ("Single points", "Relaxation", "Equation of state", "Phonons", "Molecular dynamics", "B PBE dcdft (GPa)"):
+    for title in ("Single points", "Relaxation", "Equation of state", "Phonons", "Molecular dynamics", "B PBE dcdft (GPa)", "Distilled student", "speed-up", "Uncertainty (LTAU"):
         assert title in out
+    check_layers(tmp_path, data)
 
 
 def test_demo_sections_and_softening(tmp_path, monkeypatch, capsys):
@@ -109,4 +132,6 @@ def test_full_demo(tmp_path, monkeypatch):
     assert results["phonons"]["Si"]["n_atoms_supercell"] == 54
     assert results["md"]["n_atoms"] == 64 and results["md"]["n_steps"] == 200
     check_physics(results)
+    check_layers(tmp_path, data)
+    assert results["uncertainty"]["system"] == "Si64"
     assert data["wall_time_s"] < 300
