@@ -88,3 +88,15 @@ def fd_stress(calc, atoms, h=1e-4):
             e.append(a.get_potential_energy())
         out[k] = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
     return out
+
+
+class CountingCalc:
+    """Wraps our calculator's batched ``evaluate``, recording the size of every call."""
+
+    def __init__(self, calc):
+        self.calc = calc
+        self.calls: list[int] = []
+
+    def evaluate(self, atoms_list, properties):
+        self.calls.append(len(atoms_list))
+        return self.calc.evaluate(atoms_list, properties)

@@ -12,22 +12,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.collections import dcdft
 from ase.eos import EquationOfState as AseEOS
 
+from helpers import CountingCalc
+
 from mlff_calc.errors import ConfigurationError
 from mlff_calc.workflows.eos import EquationOfState, birch_murnaghan, fit_birch_murnaghan
-
-
-
-
-class CountingCalc:
-    """Our calculator's batched interface, recording the size of every call."""
-
-    def __init__(self, calc):
-        self.calc = calc
-        self.calls: list[int] = []
-
-    def evaluate(self, atoms_list, properties):
-        self.calls.append(len(atoms_list))
-        return self.calc.evaluate(atoms_list, properties)
 
 
 class PlainCalc(Calculator):

@@ -16,8 +16,6 @@ from mlff_calc.workflows.md import LOG_COLUMNS, MolecularDynamics
 A0 = 5.461  # CHGNet's lattice constant of Si (see test_relax)
 
 
-
-
 class ExtrasCalc(Calculator):
     """A plain ASE calculator (not ours) that adds results of the kind layers add."""
 

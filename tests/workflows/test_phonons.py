@@ -16,7 +16,7 @@ import numpy as np
 import phonopy
 import pytest
 from ase import Atoms
-from helpers import shared_path
+from helpers import CountingCalc, shared_path
 
 from mlff_calc.workflows.phonons import FCC_POINTS, Phonons, to_ase_atoms
 
@@ -26,18 +26,6 @@ CASES = {
     "NaCl": {"vasp": (4.61, 5.26, 6.24), "CHGNet": (1.82, 3.25, 4.28), "M3GNet-MP": (4.35, 4.93, 5.89)},
 }
 MODELS = ["CHGNet", "M3GNet-MP"]
-
-
-
-
-class CountingCalc:
-    def __init__(self, calc):
-        self.calc = calc
-        self.calls: list[int] = []
-
-    def evaluate(self, atoms_list, properties):
-        self.calls.append(len(atoms_list))
-        return self.calc.evaluate(atoms_list, properties)
 
 
 def load_plain(name):

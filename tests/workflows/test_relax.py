@@ -14,8 +14,6 @@ from mlff_calc.errors import ConfigurationError
 from mlff_calc.workflows.relax import Relax
 
 
-
-
 @pytest.fixture(scope="module")
 def model_a0(calc):
     """CHGNet's lattice constant of diamond Si from relaxing the perfect cubic cell tightly."""

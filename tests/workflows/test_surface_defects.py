@@ -16,8 +16,6 @@ from mlff_calc.workflows.surface import EV_PER_A2_TO_J_PER_M2, SurfaceEnergy
 A0 = 5.461  # CHGNet's lattice constant of Si (see test_relax)
 
 
-
-
 @pytest.fixture(scope="module")
 def si():
     return bulk("Si", "diamond", A0, cubic=True)
