@@ -150,6 +150,11 @@ class ModelAdapter(abc.ABC):
         Keys: ``energy`` [B], ``forces`` [N, 3], ``stress`` [B, 3, 3], ``energies`` [N],
         ``descriptors`` [N, d], ``n_atoms`` [B] (long).
         """
+        rc = self._validate(atoms_list, stress=stress, cutoff=cutoff, min_distance=min_distance)
+        return self._run(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph)
+
+    def _validate(self, atoms_list, *, stress: bool, cutoff: float | None, min_distance: float | None) -> float:
+        """Check every structure and the cutoff before any work; return the cutoff to use."""
         if len(atoms_list) == 0:
             raise ConfigurationError("no structures to evaluate")
         for atoms in atoms_list:
@@ -157,6 +162,10 @@ class ModelAdapter(abc.ABC):
         rc = self._cutoff_or_native(cutoff)
         for atoms in atoms_list:
             check_graph_size(atoms, rc, self.model_id)
+        return rc
+
+    def _run(self, atoms_list, rc: float, *, forces: bool, stress: bool, descriptors: bool, create_graph: bool) -> dict:
+        """One forward pass over validated structures; memory exhaustion becomes CalculationFailed."""
         need_grad = forces or stress or create_graph
         try:
             out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad)
@@ -213,14 +222,13 @@ class ModelAdapter(abc.ABC):
         forward passes with one intra-op thread; results are identical to single calls.
         """
         props = set(properties)
-        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, cutoff=cutoff, min_distance=min_distance)
+        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, create_graph=False)
+        rc = self._validate(atoms_list, stress=kwargs["stress"], cutoff=cutoff, min_distance=min_distance)  # before any work
         workers = torch.get_num_threads() if workers is None else workers
         if self.device.type != "cpu" or workers <= 1 or len(atoms_list) <= 1:
-            return split_results(self.compute(atoms_list, **kwargs), [len(a) for a in atoms_list])
-        for atoms in atoms_list:  # fail before any work starts
-            self.check(atoms, stress=kwargs["stress"], min_distance=min_distance)
+            return split_results(self._run(atoms_list, rc, **kwargs), [len(a) for a in atoms_list])
         pool = self._cpu_pool(workers)
-        futures = [pool.submit(self.compute, [atoms], **kwargs) for atoms in atoms_list]
+        futures = [pool.submit(self._run, [atoms], rc, **kwargs) for atoms in atoms_list]
         return [split_results(f.result(), [len(a)])[0] for f, a in zip(futures, atoms_list)]
 
     def _cpu_pool(self, workers: int) -> ThreadPoolExecutor:
