@@ -8,6 +8,7 @@ and how to provide the file.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -102,21 +103,22 @@ def family_of_path(path: Path) -> str:
     )
 
 
+#: family -> (module, class) of its adapter; imported lazily, each pulls in its backend
+ADAPTERS = {
+    "chgnet": ("mlff_calc.models.chgnet", "CHGNetAdapter"),
+    "m3gnet": ("mlff_calc.models.m3gnet", "M3GNetAdapter"),
+    "mace": ("mlff_calc.models.mace", "MACEAdapter"),
+    "student": ("mlff_calc.models.student", "StudentAdapter"),
+    "finetune": ("mlff_calc.finetune", "FinetunedModel"),
+}
+
+
 def adapter_class(family: str):
-    """The adapter class of a family (imported lazily: each pulls in its backend)."""
-    if family == "chgnet":
-        from .chgnet import CHGNetAdapter as cls
-    elif family == "m3gnet":
-        from .m3gnet import M3GNetAdapter as cls
-    elif family == "mace":
-        from .mace import MACEAdapter as cls
-    elif family == "student":
-        from .student import StudentAdapter as cls
-    elif family == "finetune":
-        from ..finetune import FinetunedModel as cls
-    else:
-        raise ConfigurationError(f"unknown model family {family!r}; known: chgnet, m3gnet, mace, student")
-    return cls
+    """The adapter class of a family."""
+    if family not in ADAPTERS:
+        raise ConfigurationError(f"unknown model family {family!r}; known: {', '.join(ADAPTERS)}")
+    module, name = ADAPTERS[family]
+    return getattr(importlib.import_module(module), name)
 
 
 def load_adapter(model: str | os.PathLike = "chgnet", *, device="auto", dtype=None, family: str | None = None, verify: bool = True):
