@@ -271,7 +271,7 @@ def finetune(
     ``error_log.npz`` (rewritten every epoch).
     """
     from .distill.train import ErrorLog
-    from .training import Trainer, TrainerConfig
+    from .training import Trainer, TrainerConfig, shuffled_batches
 
     if getattr(adapter, "finetune_info", None) is not None:
         raise ConfigurationError(f"{adapter.model_id} is already fine-tuned; fine-tune its base model instead (pass both datasets)")
@@ -309,10 +309,7 @@ def finetune(
     frozen = [p for p in adapter.module.parameters() if all(p is not q for q in params.values())]
     saved_flags = [(p, p.requires_grad) for p in adapter.module.parameters()]
 
-    def batches(epoch):
-        perm = order.permutation(len(train_items))
-        for start in range(0, len(perm), batch_size):
-            yield [train_items[k] for k in perm[start : start + batch_size]]
+    batches = shuffled_batches(train_items, batch_size, order)
 
     def step(batch):
         loss, parts, err = loss_fn(adapter, batch, train=True)

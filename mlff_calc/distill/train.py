@@ -185,9 +185,9 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     the student, ``error_log.npz`` and ``train-history.json`` are written there.
     """
     from ..models.student import save_student
-    from ..training import Trainer, TrainerConfig
+    from ..training import Trainer, TrainerConfig, shuffled_batches
 
-    config = {k: v for k, v in locals().items() if k not in ("labels", "out_dir", "progress", "architecture", "kd_schedule", "save_student", "Trainer", "TrainerConfig")}
+    config = {k: v for k, v in locals().items() if k not in ("labels", "out_dir", "progress", "architecture", "kd_schedule") and not callable(v)}  # the arguments, not the imports
     started = time.perf_counter()
     store = labels if isinstance(labels, LabelStore) else LabelStore(labels)
     train_rec, valid_rec, test_rec = split_records(store, need_hessian=lambda_kd > 0 and rows_per_structure > 0)
@@ -202,10 +202,7 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     order_rng = np.random.default_rng(seed)
     out_dir = Path(out_dir) if out_dir is not None else None
 
-    def batches(epoch):
-        perm = order_rng.permutation(len(train_items))
-        for start in range(0, len(perm), batch_size):
-            yield [train_items[k] for k in perm[start : start + batch_size]]
+    batches = shuffled_batches(train_items, batch_size, order_rng)
 
     def step(batch):
         loss, parts, err = loss_fn(student, batch, train=True)

@@ -1,5 +1,5 @@
 """Training utilities shared by the distillation (and any future fine-tuning) code."""
 
-from .trainer import EMA, TrainerConfig, Trainer, TrainHistory
+from .trainer import EMA, TrainerConfig, Trainer, TrainHistory, shuffled_batches
 
-__all__ = ["EMA", "Trainer", "TrainerConfig", "TrainHistory"]
+__all__ = ["shuffled_batches", "EMA", "Trainer", "TrainerConfig", "TrainHistory"]

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -29,6 +29,17 @@ from ..errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "plateau", "constant")
+
+
+def shuffled_batches(items: Sequence, batch_size: int, rng) -> Callable[[int], Iterator[list]]:
+    """``batches(epoch)`` for :meth:`Trainer.fit`: a fresh permutation of ``items`` each epoch."""
+
+    def batches(epoch):
+        perm = rng.permutation(len(items))
+        for start in range(0, len(perm), batch_size):
+            yield [items[k] for k in perm[start : start + batch_size]]
+
+    return batches
 
 
 @dataclass
