@@ -90,6 +90,15 @@ class MLFFCalculator(Calculator):
             hessian = layer.transform_hessian(atoms, hessian)
         return hessian
 
+    def adapt(self, structures) -> dict:
+        """Test-time training on ``structures`` by the layers that adapt (TTT); drops cached results."""
+        adapting = [layer for layer in self.layers if hasattr(layer, "adapt")]
+        if not adapting:
+            raise ConfigurationError("no layer of this calculator adapts; attach mlff_calc.layers.ttt.TTTLayer()")
+        history = {layer.name: layer.adapt(structures) for layer in adapting}
+        self.reset()
+        return history
+
     def reset_layers(self) -> None:
         """Forget per-system layer state (a chosen radius, ...) and cached results."""
         for layer in self.layers:

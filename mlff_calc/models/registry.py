@@ -88,7 +88,7 @@ def family_of_path(path: Path) -> str:
     """Guess the family of a local model file or folder from what it contains."""
     if path.is_dir():
         if (path / "student.json").exists():
-            return "student"
+            return "ttt_student" if (path / "prior_head.json").exists() else "student"
         if (path / "finetune.json").exists():
             return "finetune"
         if (path / "model.json").exists() and (path / "state.pt").exists():
@@ -109,6 +109,7 @@ ADAPTERS = {
     "m3gnet": ("mlff_calc.models.m3gnet", "M3GNetAdapter"),
     "mace": ("mlff_calc.models.mace", "MACEAdapter"),
     "student": ("mlff_calc.models.student", "StudentAdapter"),
+    "ttt_student": ("mlff_calc.ttt.head", "TwoHeadModel"),
     "finetune": ("mlff_calc.finetune", "FinetunedModel"),
 }
 
