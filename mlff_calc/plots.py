@@ -180,3 +180,16 @@ def eos_curves(path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 __all__ = ["new_figure", "save_png", "phonon_bands_dos", "force_parity", "md_traces", "eos_curves"]
+
+
+def loss_curve(path, losses: Sequence[float], *, title: str = "", ylabel: str = "loss") -> Path:
+    """One loss per step on a log scale (e.g. the prior loss of test-time training)."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return save_png(fig, path)

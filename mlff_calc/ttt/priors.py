@@ -50,8 +50,7 @@ def check_coverage(prior: str | Mapping, numbers: Sequence[int]) -> None:
         return
     missing = sorted({int(z) for z in numbers} - covered)
     if missing:
-        names = ", ".join(chemical_symbols[z] for z in missing)
-        raise UnsupportedElementError(f"the prior {spec['name']!r} does not cover {names}; choose another prior ({', '.join(PRIORS)})")
+        raise UnsupportedElementError([chemical_symbols[z] for z in missing], f"prior {spec['name']}")
 
 
 def prior_calculator(prior: str | Mapping):

@@ -1,0 +1,105 @@
+"""Two-head checkpoints and adapted weights: round trips, binding to the base model, corruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import si8
+
+
+def test_load_gives_a_two_head_model_recording_its_groups(ttt_folder):
+    import mlff_calc
+    from mlff_calc.ttt import TwoHeadModel
+
+    calc = mlff_calc.load(ttt_folder[1], device="cpu")
+    assert isinstance(calc.adapter, TwoHeadModel)
+    manifest = json.loads((ttt_folder[1] / "prior_head.json").read_text())
+    assert manifest["adapt_groups"] == ["embedding", "interaction_0"]
+    assert manifest["prior"]["name"] == "lj"
+    assert manifest["base_model"]["model_id"] == calc.adapter.model_id
+
+
+def test_adapted_weights_round_trip(ttt_calc, ttt_folder, shifted, tmp_path):
+    import mlff_calc
+    from mlff_calc.layers.ttt import TTTLayer
+
+    a = si8()
+    a.rattle(0.05, seed=9)
+    ttt_calc.adapt(shifted)
+    want = ttt_calc.evaluate([a])[0]
+    ttt_calc.layers[0].save(tmp_path / "adapted")
+    fresh = mlff_calc.load(ttt_folder[1], device="cpu", layers=[TTTLayer(adapted=tmp_path / "adapted")])
+    got = fresh.evaluate([a])[0]
+    np.testing.assert_array_equal(got["forces"], want["forces"])
+    assert fresh.layers[0].describe()["adapted"]
+
+
+def test_adapted_weights_refused_on_another_model(ttt_calc, ttt_store, shifted, tmp_path):
+    import mlff_calc
+    from mlff_calc.errors import ArtifactError
+    from mlff_calc.layers.ttt import TTTLayer
+    from mlff_calc.ttt import train_ttt_student
+
+    from conftest import ARCH, LJ
+
+    ttt_calc.adapt(shifted)
+    ttt_calc.layers[0].save(tmp_path / "adapted")
+    other = tmp_path / "other"
+    train_ttt_student(ttt_store, LJ, architecture=ARCH, dtype="float64", prior_epochs=1, reference_epochs=1, batch_size=3, seed=1, out_dir=other, progress=False)
+    with pytest.raises(ArtifactError, match="belong to"):
+        mlff_calc.load(other, device="cpu", layers=[TTTLayer(adapted=tmp_path / "adapted")])
+
+
+def test_corrupted_adapted_weights_are_refused(ttt_calc, shifted, tmp_path):
+    from mlff_calc.errors import ArtifactError
+
+    ttt_calc.adapt(shifted)
+    folder = ttt_calc.layers[0].save(tmp_path / "adapted")
+    weights = folder / "ttt_adapted.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    ttt_calc.reset_layers()
+    with pytest.raises(ArtifactError, match="sha256"):
+        ttt_calc.layers[0].load(folder)
+    assert not ttt_calc.layers[0].adapted
+
+
+def test_prior_head_refused_on_other_weights(ttt_folder, mace_adapter):
+    from mlff_calc.errors import ArtifactError
+    from mlff_calc.ttt import load_head
+
+    with pytest.raises(ArtifactError, match="was trained for"):
+        load_head(mace_adapter, ttt_folder[1])
+
+
+def test_experimental_head_on_a_foundation_model(mace_adapter):
+    """A head on frozen MACE features warns, learns the prior, and leaves the backbone alone."""
+    import torch
+
+    from mlff_calc.ttt import fit_prior_head
+    from mlff_calc.ttt.adapt import label_items, prior_loss
+    from mlff_calc.distill.loss import LossWeights
+
+    from conftest import LJ
+
+    frames = []
+    for k in range(4):
+        a = si8()
+        a.rattle(0.05, seed=20 + k)
+        frames.append(a)
+    before = {n: p.detach().clone() for n, p in mace_adapter.module.named_parameters()}
+    with pytest.warns(UserWarning, match="experimental"):
+        model = fit_prior_head(mace_adapter, frames, LJ, epochs=30, lr=1e-2)
+    assert model.experimental
+    assert all(torch.equal(p, before[n]) for n, p in mace_adapter.module.named_parameters())
+    from mlff_calc.ttt import prior_labels
+
+    items = label_items(frames, prior_labels(frames, LJ, progress=False), model.dtype, model.device)
+    fitted = float(prior_loss(model, items, LossWeights(1.0, 100.0, 0.0), train=False)[0])
+    model.prior_head.mlp[-1].weight.data.zero_()
+    untrained = float(prior_loss(model, items, LossWeights(1.0, 100.0, 0.0), train=False)[0])
+    assert fitted < untrained
