@@ -41,7 +41,7 @@ settings.register_profile(
 PROFILE = settings.get_profile(os.environ.get("MLFF_HYPOTHESIS_PROFILE", "ci"))
 
 #: every model x layer combination the reliability suite runs on
-CALCULATORS = ("chgnet", "m3gnet", "mace", "chgnet+softening", "m3gnet+softening", "mace+softening")
+CALCULATORS = ("chgnet", "m3gnet", "mace", "chgnet+softening", "m3gnet+softening", "mace+softening", "mace+rewiring", "mace+ltau", "mace+ttt")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,9 +61,76 @@ def build_calculator(request, name: str):
     from mlff_calc.layers.softening import SofteningLayer
 
     family, _, layer = name.partition("+")
+    if layer in LAYER_BUILDERS:
+        return LAYER_BUILDERS[layer](request)
     adapter = request.getfixturevalue(f"{family}_adapter")
     layers = [SofteningLayer(1.3)] if layer == "softening" else []
     return MLFFCalculator(adapter, layers=layers)
+
+
+def _training_frames(n: int = 4):
+    from helpers import si8
+
+    frames = []
+    for k in range(n):
+        a = si8()
+        a.rattle(0.04, seed=30 + k)
+        frames.append(a)
+    return frames
+
+
+def _rewiring(request):
+    """The small MACE with test-time radius refinement (histogram distance: any system size)."""
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.rewiring import RewiringLayer
+    from mlff_calc.rewiring import SpectrumReference
+
+    adapter = request.getfixturevalue("mace_adapter")
+    reference = SpectrumReference.build(_training_frames(), adapter=adapter)
+    return MLFFCalculator(adapter, layers=[RewiringLayer(reference, distance="histogram")])
+
+
+def _ltau(request):
+    """The small MACE with an LTAU index built from a synthetic error log of four Si8 frames."""
+    import numpy as np
+
+    from mlff_calc.artifacts import write_npz
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ltau import LTAULayer
+    from mlff_calc.ltau import build_ltau
+
+    adapter = request.getfixturevalue("mace_adapter")
+    frames = _training_frames()
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("ltau")
+    rng = np.random.default_rng(0)
+    n = sum(len(a) for a in frames)
+    write_npz(folder / "error_log.npz", errors=rng.lognormal(-3, 1, (6, n)).astype(np.float32), epoch=np.arange(6),
+              structure_index=np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
+              atom_index=np.concatenate([np.arange(len(a)) for a in frames]), numbers=np.concatenate([a.numbers for a in frames]))
+    ltau = build_ltau(adapter, frames, folder / "error_log.npz", k=5)
+    return MLFFCalculator(adapter, layers=[LTAULayer(ltau)])
+
+
+def _ttt(request):
+    """A separate copy of the small MACE with an experimental prior head, adapted on Si8 frames."""
+    import warnings
+
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ttt import TTTLayer
+    from mlff_calc.models.mace import MACEAdapter
+    from mlff_calc.ttt import fit_prior_head
+
+    adapter = MACEAdapter.load(request.getfixturevalue("mace_small_path"), device="cpu", dtype="float64")  # adaptation moves weights: never the shared adapter
+    frames = _training_frames()
+    prior = {"name": "lj", "params": {"sigma": 2.1, "epsilon": 0.4, "rc": 4.5}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_prior_head(adapter, frames, prior, epochs=20)
+    return MLFFCalculator(model, layers=[TTTLayer(steps=5, batch_size=4, lr=1e-4, adapt_on=frames, progress=False)])
+
+
+#: layers built on their own model set-up: rewiring needs a spectrum reference, LTAU an index, TTT a prior head
+LAYER_BUILDERS = {"rewiring": _rewiring, "ltau": _ltau, "ttt": _ttt}
 
 
 @pytest.fixture(scope="module", params=CALCULATORS)
