@@ -401,7 +401,7 @@ def test_build_hnsw_per_element_and_refusals(ltau_built, ltau_store, tmp_path, m
     assert sorted(p.name for p in (tmp_path / "hnsw").glob("*.faiss")) == ["index-14.faiss"]
     back = LTAU.load(tmp_path / "hnsw", adapter=student)
     assert back.index.kind == "hnsw" and back.index.per_element and back.k == 3 and back.dists.burn_in == 1
-    desc = np.asarray(ltau.index.indexes[0].reconstruct_n(0, 20))
+    desc = ltau.index.vectors()[:20]  # stored centred; vectors() adds the centre back
     assert np.all(back.index.query(desc, np.full(20, 14), k=1)[1][:, 0] < 1e-5)  # every training atom finds itself
     with pytest.raises(ArtifactError, match="built for model"):
         LTAU.load(tmp_path / "hnsw", adapter=mace_adapter)
