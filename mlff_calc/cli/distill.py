@@ -44,6 +44,7 @@ def _add_sample(p) -> None:
 
 def _add_label(p) -> None:
     from .options import add_model_options, add_output_options
+    from .screen import add_executor_options
 
     p.add_argument("samples", type=Path, help="sample folder written by `mlff-calc distill sample`")
     p.add_argument("--chunk-size", type=int, default=16, help="structures per label chunk (the unit of resuming)")
@@ -51,6 +52,7 @@ def _add_label(p) -> None:
     p.add_argument("--full-hessian-max-dof", type=int, default=96, help="label the full Hessian when 3N is at most this")
     p.add_argument("--hessian-method", default="auto", choices=["auto", "autograd", "fd"])
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of Hessian rows")
+    add_executor_options(p)
     add_model_options(p)
     add_output_options(p, "distill/labels")
 
@@ -110,7 +112,16 @@ def _run_label(args) -> dict:
 
     samples = SampleSet.read(args.samples)
     calc = load_calculator(args)
-    store = label(samples, calc, args.out_dir, chunk_size=args.chunk_size, full_hessian_max_dof=args.full_hessian_max_dof, n_rows=args.n_rows, hessian_method=args.hessian_method, seed=args.seed)
+    executor = model = None
+    if args.executor == "ray":  # workers load the same model and layers; the local path labels here
+        from .screen import build_executor, recipe
+
+        executor, model = build_executor(args), recipe(args)
+    try:
+        store = label(samples, calc, args.out_dir, chunk_size=args.chunk_size, full_hessian_max_dof=args.full_hessian_max_dof, n_rows=args.n_rows, hessian_method=args.hessian_method, seed=args.seed, executor=executor, model=model)
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"labelled {store.manifest['n_structures']} structures with {calc.adapter.model_id} into {args.out_dir}")
     return {"calc": calc, "outputs": {"labels": args.out_dir / "labels.json"}, "results": {"n_structures": store.manifest["n_structures"], "n_chunks": store.manifest["n_chunks"], "teacher": store.teacher}, "units": store.manifest["units"]}
 

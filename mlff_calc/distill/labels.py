@@ -238,13 +238,20 @@ class _HessianRows:
         return self.calc.get_hessian(atoms, rows, method=self.method)
 
 
-def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size: int = 16, full_hessian_max_dof: int = 96, n_rows: int = 8, hessian_splits: Sequence[str] = ("train",), hessian_method: str = "auto", seed: int = 0, progress: bool | None = None) -> LabelStore:
+def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size: int = 16, full_hessian_max_dof: int = 96, n_rows: int = 8, hessian_splits: Sequence[str] = ("train",), hessian_method: str = "auto", seed: int = 0, progress: bool | None = None, executor=None, model=None) -> LabelStore:
     """Label ``samples`` with ``teacher`` into the label store folder ``out_dir`` (resumable).
 
     ``samples``: a :class:`SampleSet` (its splits are kept) or a list of Atoms (all
     "train"). ``teacher``: an :class:`~mlff_calc.calculator.MLFFCalculator` (layers
     such as softening apply: labels come from ``calc.evaluate`` and
     ``calc.get_hessian``) or a bare adapter.
+
+    ``executor``: ``None`` labels chunk after chunk here; ``"local"``, ``"ray"`` or
+    an executor object (see :mod:`mlff_calc.executors`) hands the chunks to its
+    workers, which load ``model`` (a ModelRecipe; default: rebuilt from the
+    teacher) and must hold the same teacher. Chunks are the same on every path,
+    so the labels are bitwise identical on the same device; each finished chunk
+    is written (npz, then manifest) as it arrives, so a restart skips it.
     """
     from ..workflows import progress_bar
 
@@ -283,6 +290,9 @@ def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size:
     if len(todo) < n_chunks:
         log.info("label store %s: %d of %d chunks already done, skipping them", folder, n_chunks - len(todo), n_chunks)
     write_json(folder / MANIFEST, manifest)
+    if executor is not None:
+        _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, manifest, progress)
+        return LabelStore(folder)
     with progress_bar(total=len(todo), desc="label: teacher", enabled=progress) as bar:
         for k in todo:
             idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, len(structures)))
@@ -292,6 +302,50 @@ def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size:
             write_json(folder / MANIFEST, manifest)
             bar.update(1)
     return LabelStore(folder)
+
+
+def _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, manifest, progress) -> None:
+    """Label the chunks ``todo`` on an executor's workers; write each as it arrives."""
+    from ..errors import CalculationFailed
+    from ..executors import Job, get_executor
+
+    own = isinstance(executor, str)
+    ex = get_executor(executor)
+    try:
+        model = calc if model is None and ex.name == "local" else model
+        if model is None:
+            from ..executors import ModelRecipe
+
+            model = ModelRecipe.of(calc)
+        loaded = ex.start(model)
+        if loaded != identity:
+            raise ConfigurationError(f"the executor's workers loaded teacher {loaded} but the label store is for {identity}; give the workers the same model")
+        jobs = []
+        for k in todo:
+            idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, len(structures)))
+            jobs.append(Job(chunk_name(k), {"structures": [structures[i] for i in idx], "index": idx, "split": splits[idx], "config": config}, len(idx)))
+        failed = []
+
+        def write(outcome):
+            if not outcome.ok:
+                failed.append(f"{outcome.key} (after {outcome.attempts} tries): {outcome.error.splitlines()[0]}")
+                return
+            write_npz(folder / outcome.key, **outcome.result)
+            manifest["chunks"][outcome.key] = sha256_file(folder / outcome.key)
+            write_json(folder / MANIFEST, manifest)
+
+        ex.run(label_chunk, jobs, model, write, progress=progress, desc="label: teacher")
+    finally:
+        if own:
+            ex.close()
+    if failed:
+        raise CalculationFailed(f"{len(failed)} label chunk(s) failed and were not written (run again to retry them): " + "; ".join(failed[:3]))
+
+
+def label_chunk(calc, payload: dict) -> dict[str, np.ndarray]:
+    """Task function for executors: the arrays of one label chunk."""
+    config = payload["config"]
+    return _label_chunk(payload["structures"], np.asarray(payload["index"]), np.asarray(payload["split"]), calc, _HessianRows(calc, config["hessian_method"]), config)
 
 
 def _resume_manifest(folder: Path, fresh: dict) -> dict:
