@@ -8,19 +8,18 @@ Charged defects and finite-size corrections are out of scope.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 from ase.geometry import get_distances
-from ase.io import write
 
-from ..artifacts import atomic_path, write_json
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, evaluate_structures, output_path
+from .base import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class DefectResult:
     notes: list[str] = field(default_factory=list)
 
 
-class PointDefect:
+class PointDefect(Workflow):
     """One point defect in ``bulk_atoms`` repeated ``supercell`` times.
 
     Parameters
@@ -62,6 +61,8 @@ class PointDefect:
         with the same calculator; elements without one must be given here.
     relax: relax positions at fixed cell (host and defect supercells).
     """
+
+    name = "point-defect"
 
     def __init__(
         self,
@@ -215,23 +216,14 @@ class PointDefect:
 
     # writing ---------------------------------------------------------------------------
 
-    def _need_result(self) -> DefectResult:
-        if self.result is None:
-            raise ConfigurationError("PointDefect.run() has to be called first")
-        return self.result
-
     def write_defect(self, path=None) -> Path:
-        path = Path(path or self.output_files["defect"])
-        with atomic_path(path) as tmp:
-            write(tmp, self._need_result().defect, format="extxyz")
-        return path
+        return self._write_frame(self._need_result().defect, path or self.output_files["defect"])
 
     def write_summary(self, path=None) -> Path:
         res = self._need_result()
-        path = Path(path or self.output_files["summary"])
-        write_json(path, {
-            "workflow": "point-defect",
-            "parameters": {
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={
                 "kind": self.kind,
                 "site": self.site,
                 "species": self.species,
@@ -239,8 +231,7 @@ class PointDefect:
                 "relax": self.relax,
                 "fmax_eV_per_A": self.fmax_eV_per_A,
             },
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {
+            result={
                 "formation_energy_eV": res.formation_energy_eV,
                 "defect_energy_eV": res.defect_energy_eV,
                 "host_energy_eV": res.host_energy_eV,
@@ -250,9 +241,8 @@ class PointDefect:
                 "relax_converged": res.relax_converged,
                 "notes": res.notes,
             },
-            "units": UNITS | {"chemical_potential": "eV/atom"},
-        })
-        return path
+            units=UNITS | {"chemical_potential": "eV/atom"},
+        )
 
 
 def _other_element(symbols: list[str], old: str) -> str:
@@ -279,4 +269,4 @@ def largest_void(atoms: Atoms, spacing: float = 0.2) -> np.ndarray:
     return np.array(best)
 
 
-__all__ = ["PointDefect", "DefectResult", "largest_void", "KINDS"]
+__all__ = ["KINDS", "DefectResult", "PointDefect", "largest_void"]

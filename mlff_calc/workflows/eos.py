@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import atomic_path
 from ..errors import CalculationFailed, ConfigurationError
 from . import UNITS, default_prefix, evaluate_structures, output_path
+from .base import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class EOSResult:
         return self.v0_A3 / self.n_atoms
 
 
-class EquationOfState:
+class EquationOfState(Workflow):
     """E(V) by isotropic scaling of the cell, then a third-order Birch-Murnaghan fit.
 
     ``strain_range``: the volumes span ``V_in * (1 ± strain_range)`` (volumetric
@@ -77,6 +78,8 @@ class EquationOfState:
     (no internal relaxation). With our calculator all volumes are evaluated in one
     batched call; any other calculator is called volume by volume.
     """
+
+    name = "eos"
 
     def __init__(self, atoms: Atoms, calc, *, strain_range: float = 0.06, n_points: int = 9, prefix=None, progress: bool | None = None):
         if not 0 < strain_range < 0.5:
@@ -135,11 +138,6 @@ class EquationOfState:
         )
         return self.result
 
-    def _need_result(self) -> EOSResult:
-        if self.result is None:
-            raise ConfigurationError("EquationOfState.run() has to be called first")
-        return self.result
-
     def atoms_at_minimum(self) -> Atoms:
         """The input structure scaled isotropically to the fitted V0."""
         res = self._need_result()
@@ -150,12 +148,10 @@ class EquationOfState:
 
     def write_summary(self, path=None) -> Path:
         res = self._need_result()
-        path = Path(path or self.output_files["summary"])
-        write_json(path, {
-            "workflow": "eos",
-            "parameters": {"strain_range": self.strain_range, "n_points": self.n_points, "fit": "birch-murnaghan-3"},
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={"strain_range": self.strain_range, "n_points": self.n_points, "fit": "birch-murnaghan-3"},
+            result={
                 "volumes_A3": res.volumes_A3,
                 "energies_eV": res.energies_eV,
                 "v0_A3": res.v0_A3,
@@ -165,9 +161,8 @@ class EquationOfState:
                 "fit_rms_eV": res.fit_rms_eV,
                 "n_atoms": res.n_atoms,
             },
-            "units": UNITS | {"volume": "Å³", "bulk_modulus": "GPa"},
-        })
-        return path
+            units=UNITS | {"volume": "Å³", "bulk_modulus": "GPa"},
+        )
 
     def plot(self, path=None) -> Path:
         """PNG of the computed E(V) points and the fitted curve."""

@@ -23,9 +23,10 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.io import read, write
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import atomic_path
 from ..errors import ArtifactError, ConfigurationError
 from . import UNITS, default_prefix, output_path, progress_bar, snapshot
+from .base import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class MDResult:
     mean_temperature_K: float = float("nan")
 
 
-class MolecularDynamics:
+class MolecularDynamics(Workflow):
     """MD of ``atoms`` in one of :data:`ENSEMBLES`.
 
     Parameters
@@ -102,6 +103,8 @@ class MolecularDynamics:
     seed: seeds the velocities and the Langevin noise.
     first_step: number of the first step (set by :meth:`restart` so numbering continues).
     """
+
+    name = "md"
 
     def __init__(
         self,
@@ -157,7 +160,7 @@ class MolecularDynamics:
         self.result: MDResult | None = None
 
     @classmethod
-    def restart(cls, path, calc, **kwargs) -> "MolecularDynamics":
+    def restart(cls, path, calc, **kwargs) -> MolecularDynamics:
         """Continue from the last frame of ``path`` (a restart file or trajectory with momenta).
 
         Step numbering continues; the ensemble, temperature, timestep and pressure of
@@ -296,28 +299,19 @@ class MolecularDynamics:
         )
         return self.result
 
-    def _need_result(self) -> MDResult:
-        if self.result is None:
-            raise ConfigurationError("MolecularDynamics.run() has to be called first")
-        return self.result
-
     def write_restart(self, path=None, *, work: Atoms | None = None, step: int | None = None) -> Path:
         """The current (or final) frame with momenta, written atomically."""
         if work is None:
             frame = self._need_result().atoms
         else:
             frame = self._frame(work, step if step is not None else self.step_offset)
-        path = Path(path or self.output_files["restart"])
-        with atomic_path(path) as tmp:
-            write(tmp, frame, format="extxyz")
-        return path
+        return self._write_frame(frame, path or self.output_files["restart"])
 
     def write_summary(self, path=None) -> Path:
         res = self._need_result()
-        path = Path(path or self.output_files["summary"])
-        write_json(path, {
-            "workflow": "md",
-            "parameters": {
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={
                 "ensemble": self.ensemble,
                 "temperature_K": self.temperature_K,
                 "timestep_fs": self.timestep_fs,
@@ -329,12 +323,10 @@ class MolecularDynamics:
                 "seed": self.seed,
                 "step_offset": self.step_offset,
             },
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {"n_steps": res.n_steps, "drift_eV_per_atom_per_ps": res.drift_eV_per_atom_per_ps, "mean_temperature_K": res.mean_temperature_K},
-            "units": UNITS,
-            "output_files": {k: v for k, v in self.output_files.items() if v is not None},
-        })
-        return path
+            result={"n_steps": res.n_steps, "drift_eV_per_atom_per_ps": res.drift_eV_per_atom_per_ps, "mean_temperature_K": res.mean_temperature_K},
+            units=UNITS,
+            output_files={k: v for k, v in self.output_files.items() if v is not None},
+        )
 
     def plot(self, path=None) -> Path:
         """PNG of the energy traces (per atom, shifted to their first value) and the temperature."""

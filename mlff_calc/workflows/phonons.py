@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import atomic_path
 from ..errors import ArtifactError, ConfigurationError
+from .base import Workflow
 from . import UNITS, default_prefix, evaluate_structures, output_path
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def load_phonopy_reference(path) -> "phonopy.Phonopy":  # noqa: F821
     return _load_reference_yaml(yaml_path, born=_beside(path, "BORN"), force_sets=_beside(path, "FORCE_SETS"))
 
 
-class Phonons:
+class Phonons(Workflow):
     """Harmonic phonons of ``atoms`` (the unit cell) with any ASE calculator.
 
     Parameters
@@ -164,6 +165,8 @@ class Phonons:
     mesh: Γ-centred q-point mesh for DOS and thermal properties; ``band_npoints`` per band segment.
     t_min_K, t_max_K, t_step_K: temperatures of the thermal properties.
     """
+
+    name = "phonons"
 
     def __init__(
         self,
@@ -398,29 +401,31 @@ class Phonons:
         return path
 
     def write_band_yaml(self, path=None) -> Path:
-        if self.result is None:
-            raise ConfigurationError("Phonons.run() has to be called first")
+        self._need_result()
         path = Path(path or self.output_files["bands"])
         with atomic_path(path) as tmp:
             self.phonon.write_yaml_band_structure(filename=tmp)
         return path
 
     def write_thermal_yaml(self, path=None) -> Path:
-        if self.result is None:
-            raise ConfigurationError("Phonons.run() has to be called first")
+        self._need_result()
         path = Path(path or self.output_files["thermal"])
         with atomic_path(path) as tmp:
             self.phonon.write_yaml_thermal_properties(filename=tmp)
         return path
 
     def write_summary(self, path=None, points: Mapping[str, Sequence[float]] | None = None) -> Path:
-        res = self.result
-        if res is None:
-            raise ConfigurationError("Phonons.run() has to be called first")
-        path = Path(path or self.output_files["summary"])
-        data = {
-            "workflow": "phonons",
-            "parameters": {
+        res = self._need_result()
+        result = {
+            "min_frequency_THz": res.min_frequency_THz,
+            "max_frequency_THz": res.max_frequency_THz,
+            "max_residual_force_eV_per_A": res.max_residual_force_eV_per_A,
+        }
+        if points is not None:
+            result["highest_branch_THz"] = self.highest_branch_at(points)
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={
                 "supercell_matrix": self.phonon.supercell_matrix,
                 "primitive_matrix": self.phonon.primitive_matrix,
                 "displacement_A": self.displacement,
@@ -430,18 +435,9 @@ class Phonons:
                 "subtract_residual_forces": self.subtract_residual_forces,
                 "symmetrize_fc": self.symmetrize_fc,
             },
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {
-                "min_frequency_THz": res.min_frequency_THz,
-                "max_frequency_THz": res.max_frequency_THz,
-                "max_residual_force_eV_per_A": res.max_residual_force_eV_per_A,
-            },
-            "units": UNITS | {"force_constants": "eV/Å²", "free_energy": "kJ/mol", "entropy": "J/K/mol", "heat_capacity": "J/K/mol"},
-        }
-        if points is not None:
-            data["result"]["highest_branch_THz"] = self.highest_branch_at(points)
-        write_json(path, data)
-        return path
+            result=result,
+            units=UNITS | {"force_constants": "eV/Å²", "free_energy": "kJ/mol", "entropy": "J/K/mol", "heat_capacity": "J/K/mol"},
+        )
 
     def plot_bands(self, path=None, reference=None, *, label: str = "model", reference_label: str = "reference", title: str | None = None) -> Path:
         """PNG of the band structure; ``reference`` is drawn dashed on the same q-path.
@@ -452,9 +448,7 @@ class Phonons:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        res = self.result
-        if res is None:
-            raise ConfigurationError("Phonons.run() has to be called first")
+        res = self._need_result()
         path = Path(path or self.output_files["band_plot"])
         fig = Figure(figsize=(6, 4.5), dpi=120)
         FigureCanvasAgg(fig)

@@ -13,9 +13,10 @@ from ase.filters import FrechetCellFilter
 from ase.io import write
 from ase.optimize import BFGS, FIRE, LBFGS
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import atomic_path
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, lattice_parameters, output_path, progress_bar, snapshot
+from .base import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class RelaxResult:
     energies: list[float] = field(default_factory=list)
 
 
-class Relax:
+class Relax(Workflow):
     """Relax ``atoms`` with any ASE calculator.
 
     Parameters
@@ -59,6 +60,8 @@ class Relax:
 
     The input ``atoms`` is not modified; ``result.atoms`` is a relaxed copy.
     """
+
+    name = "relax"
 
     def __init__(
         self,
@@ -164,24 +167,15 @@ class Relax:
         )
         return self.result
 
-    def _need_result(self) -> RelaxResult:
-        if self.result is None:
-            raise ConfigurationError("Relax.run() has to be called before writing its results")
-        return self.result
-
     def write_structure(self, path=None) -> Path:
         """The relaxed structure (extxyz, with its energy, forces and stress)."""
-        path = Path(path or self.output_files["structure"])
-        with atomic_path(path) as tmp:
-            write(tmp, self._need_result().atoms, format="extxyz")
-        return path
+        return self._write_frame(self._need_result().atoms, path or self.output_files["structure"])
 
     def write_summary(self, path=None) -> Path:
         res = self._need_result()
-        path = Path(path or self.output_files["summary"])
-        write_json(path, {
-            "workflow": "relax",
-            "parameters": {
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={
                 "optimizer": self.optimizer,
                 "relax_cell": self.relax_cell,
                 "keep_symmetry": self.keep_symmetry,
@@ -189,8 +183,7 @@ class Relax:
                 "max_steps": self.max_steps,
                 "pressure_GPa": self.pressure_GPa,
             },
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {
+            result={
                 "energy": res.energy,
                 "converged": res.converged,
                 "n_steps": res.n_steps,
@@ -199,10 +192,9 @@ class Relax:
                 "spacegroup": res.spacegroup,
                 "stress_GPa": res.stress_GPa,
             },
-            "units": UNITS | {"angles": "degree", "volume": "Å³"},
-            "output_files": {k: v for k, v in self.output_files.items() if v is not None},
-        })
-        return path
+            units=UNITS | {"angles": "degree", "volume": "Å³"},
+            output_files={k: v for k, v in self.output_files.items() if v is not None},
+        )
 
 
 def _spacegroup(atoms: Atoms, symprec: float) -> str | None:

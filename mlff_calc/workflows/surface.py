@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 from ase.build import surface
-from ase.io import write
 
-from ..artifacts import atomic_path, write_json
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, evaluate_structures, output_path
+from .base import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class SurfaceResult:
     relax_converged: bool | None = None
 
 
-class SurfaceEnergy:
+class SurfaceEnergy(Workflow):
     """γ = (E_slab − n·E_bulk) / (2A) for a slab with two equivalent surfaces.
 
     The slab is ``ase.build.surface(bulk_atoms, miller, layers, vacuum)``: Miller
@@ -49,6 +48,8 @@ class SurfaceEnergy:
     ``relax`` the slab's positions are relaxed at fixed cell (the bulk is taken as
     already relaxed).
     """
+
+    name = "surface"
 
     def __init__(
         self,
@@ -134,25 +135,15 @@ class SurfaceEnergy:
         )
         return self.result
 
-    def _need_result(self) -> SurfaceResult:
-        if self.result is None:
-            raise ConfigurationError("SurfaceEnergy.run() has to be called first")
-        return self.result
-
     def write_slab(self, path=None) -> Path:
-        path = Path(path or self.output_files["slab"])
-        with atomic_path(path) as tmp:
-            write(tmp, self._need_result().slab, format="extxyz")
-        return path
+        return self._write_frame(self._need_result().slab, path or self.output_files["slab"])
 
     def write_summary(self, path=None) -> Path:
         res = self._need_result()
-        path = Path(path or self.output_files["summary"])
-        write_json(path, {
-            "workflow": "surface",
-            "parameters": {"miller": self.miller, "layers": self.layers, "vacuum_A": self.vacuum, "relax": self.relax, "fmax_eV_per_A": self.fmax_eV_per_A},
-            "calculator": dict(getattr(self.calc, "parameters", None) or {}),
-            "result": {
+        return self._write_summary(
+            path or self.output_files["summary"],
+            parameters={"miller": self.miller, "layers": self.layers, "vacuum_A": self.vacuum, "relax": self.relax, "fmax_eV_per_A": self.fmax_eV_per_A},
+            result={
                 "n_atoms": res.n_atoms,
                 "area_A2": res.area_A2,
                 "slab_energy_eV": res.slab_energy_eV,
@@ -161,6 +152,5 @@ class SurfaceEnergy:
                 "surface_energy_J_per_m2": res.surface_energy_J_per_m2,
                 "relax_converged": res.relax_converged,
             },
-            "units": UNITS | {"area": "Å²", "surface_energy": "eV/Å² and J/m²"},
-        })
-        return path
+            units=UNITS | {"area": "Å²", "surface_energy": "eV/Å² and J/m²"},
+        )
