@@ -46,6 +46,14 @@ Distances (smaller is closer to the reference)
 
 Reference statistics are means over training graphs, each graph weighted once
 (not pooled over atoms).
+
+Choosing r*
+-----------
+:func:`choose_radius` takes the candidate with the smallest distance (ties to the
+larger radius). A candidate below the native cutoff is then, by default, moved to
+the middle of the interval of radii that give exactly the same graph
+(:func:`same_graph_interval`): same spectrum, same prediction, but the largest
+margin before a moving atom crosses the sharp cut at r*.
 """
 
 from __future__ import annotations
@@ -460,7 +468,13 @@ def candidate_radii(native: float, radii=None, n: int = DEFAULT_N_RADII) -> np.n
 
 @dataclass
 class RadiusChoice:
-    """The refined radius of one system and the evidence for it."""
+    """The refined radius of one system and the evidence for it.
+
+    ``r_grid`` is the best candidate radius; ``r_star`` the radius used, which is
+    ``r_grid`` or, when centred, the middle of ``gap``: the interval of radii
+    ``(d_below, d_above]`` that all give the same graph as ``r_grid`` (the largest
+    pair distance below ``r_grid`` and the smallest at or above it).
+    """
 
     r_star: float
     radii: np.ndarray
@@ -468,16 +482,34 @@ class RadiusChoice:
     n_isolated: np.ndarray
     distance: str
     methods: list[str]
+    r_grid: float | None = None
+    gap: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
-        return {"r_star": self.r_star, "radii": self.radii.tolist(), "distances": self.distances.tolist(), "n_isolated": self.n_isolated.tolist(), "distance": self.distance, "methods": self.methods}
+        gap = None if self.gap is None else [float(self.gap[0]), float(self.gap[1])]
+        return {"r_star": self.r_star, "r_grid": self.r_grid, "gap": gap, "radii": self.radii.tolist(), "distances": self.distances.tolist(), "n_isolated": self.n_isolated.tolist(), "distance": self.distance, "methods": self.methods}
 
 
-def choose_radius(atoms: Atoms, reference: SpectrumReference, *, distance: str = "padded_l2", radii=None, n_radii: int = DEFAULT_N_RADII, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs) -> RadiusChoice:
+def same_graph_interval(pairs: _Pairs, r: float, native: float, self_images: str = "drop") -> tuple[float, float]:
+    """``(lo, hi)``: every radius in ``(lo, hi]`` gives the graph at ``r`` (pairs listed up to ``native``)."""
+    d = pairs.d if self_images == "count" else pairs.d[pairs.i != pairs.j]
+    below, above = d[d < r], d[d >= r]
+    lo = float(below.max()) if below.size else 0.0
+    hi = float(min(above.min(), native)) if above.size else float(native)
+    return lo, hi
+
+
+def choose_radius(atoms: Atoms, reference: SpectrumReference, *, distance: str = "padded_l2", radii=None, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs) -> RadiusChoice:
     """Pick the candidate radius whose graph's spectrum is closest to ``reference``.
 
     The neighbour list is built once at the largest radius and filtered for the others.
-    Ties go to the larger radius (the one nearer the native cutoff).
+    Ties go to the larger radius (the one nearer the native cutoff). The native
+    cutoff, when chosen, is kept as it is. A smaller choice is, with ``centre``
+    (the default), moved to the middle of the interval of radii that give the
+    same graph (:func:`same_graph_interval`): the graph, and so the spectral
+    distance and the model's prediction for ``atoms``, are unchanged, but atoms
+    that then move (MD, relaxation) are as far as possible from crossing ``r*``,
+    where the graph is cut sharply and the energy jumps.
     """
     if distance not in DISTANCES:
         raise ConfigurationError(f"unknown spectral distance {distance!r}; use one of {DISTANCES}")
@@ -496,4 +528,7 @@ def choose_radius(atoms: Atoms, reference: SpectrumReference, *, distance: str =
     isolated = np.asarray(isolated, dtype=np.int64)
     if isolated[k]:
         log.warning("%s: %d isolated atoms in the graph at r* = %.3f Å (eigenvalue 1 each)", atoms.get_chemical_formula(), isolated[k], grid[k])
-    return RadiusChoice(float(grid[k]), grid, dists, isolated, distance, methods)
+    r_grid = float(grid[k])
+    gap = same_graph_interval(pairs, r_grid, float(grid[-1]), reference.self_images)
+    r_star = r_grid if not centre or k == len(grid) - 1 else 0.5 * (gap[0] + gap[1])
+    return RadiusChoice(r_star, grid, dists, isolated, distance, methods, r_grid=r_grid, gap=gap)

@@ -265,3 +265,63 @@ def test_hessian_uses_r_star(reference, mace_adapter):
     rows = calc.get_hessian(atoms, rows=[0, 4])
     r_star = layer.choice(atoms).r_star
     np.testing.assert_allclose(rows, mace_adapter.hessian(atoms, [0, 4], cutoff=r_star), atol=1e-10)
+
+
+# centring r* in its gap ----------------------------------------------------------------
+def test_centred_r_star_gives_the_same_graph_and_prediction(reference, mace_adapter):
+    from mlff_calc.rewiring import radius_graph
+
+    atoms = si(2, scale=0.9, seed=3)
+    grid_choice = choose_radius(atoms, reference, centre=False)
+    choice = choose_radius(atoms, reference)
+    assert grid_choice.r_star == grid_choice.r_grid == choice.r_grid < reference.cutoff
+    lo, hi = choice.gap
+    assert lo < choice.r_grid <= hi and choice.r_star == pytest.approx(0.5 * (lo + hi))
+    np.testing.assert_array_equal(choice.distances, grid_choice.distances)
+    assert (radius_graph(atoms, choice.r_star) != radius_graph(atoms, choice.r_grid)).nnz == 0
+    at_grid, at_centre = (mace_adapter.evaluate([atoms], ("energy", "forces"), cutoff=r)[0] for r in (choice.r_grid, choice.r_star))
+    assert at_centre["energy"] == pytest.approx(at_grid["energy"], abs=1e-10)
+    np.testing.assert_allclose(at_centre["forces"], at_grid["forces"], atol=1e-10)
+    assert choice.as_dict()["gap"] == [lo, hi]
+    # the native cutoff is never moved
+    native = choose_radius(training_set(1, seed=2)[0], reference)
+    assert native.r_star == native.r_grid == reference.cutoff
+    assert RewiringLayer(reference, centre=False).describe()["centre"] is False
+
+
+# bad inputs ----------------------------------------------------------------------------
+def test_bad_structures_and_settings_are_refused(reference):
+    with pytest.raises(InvalidStructureError, match="no atoms"):
+        choose_radius(Atoms(), reference)
+    nan = si(1)
+    nan.positions[0, 0] = np.nan
+    with pytest.raises(InvalidStructureError, match="NaN"):
+        choose_radius(nan, reference)
+    with pytest.raises(ConfigurationError, match="at least one structure"):
+        SpectrumReference.build([], model_id="m", cutoff=5.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigurationError, match="cutoff"):
+            SpectrumReference.build([si(1)], model_id="m", cutoff=bad)
+    with pytest.raises(ConfigurationError, match="needs an adapter"):
+        SpectrumReference.build([si(1)], model_id="m")
+    with pytest.raises(ConfigurationError, match="at least one candidate"):
+        RewiringLayer(reference, n_radii=0)
+    with pytest.raises(ConfigurationError, match="finite"):
+        RewiringLayer(reference, radii=[float("nan")])
+    with pytest.raises(ConfigurationError, match="spectrum method"):
+        choose_radius(si(1), reference, method="lanczos")
+    with pytest.raises(ConfigurationError, match="graph radius"):
+        laplacian_spectrum(si(1), 0.0)
+
+
+def test_a_refined_radius_next_to_neighbour_distances_is_warned_about(reference, caplog):
+    from mlff_calc.layers.rewiring import NARROW_GAP
+
+    layer = RewiringLayer(reference)
+    with caplog.at_level("WARNING", logger="mlff_calc.layers.rewiring"):
+        wide = layer.refine(si(2, scale=0.9, rattle=0.02, seed=3))  # r* between the 3rd and 4th shells
+    assert wide.r_star < reference.cutoff and wide.gap[1] - wide.gap[0] > NARROW_GAP and not caplog.records
+    with caplog.at_level("WARNING", logger="mlff_calc.layers.rewiring"):
+        narrow = layer.refine(si(2, scale=0.93, rattle=0.1, seed=3))  # r* inside a smeared shell
+    assert narrow.r_star < reference.cutoff and narrow.gap[1] - narrow.gap[0] < NARROW_GAP
+    assert "will cross it" in caplog.text

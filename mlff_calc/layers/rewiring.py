@@ -15,6 +15,17 @@ A *system* is keyed by its Hill chemical formula plus its number of atoms
 including different polymorphs; call :meth:`refine` or :meth:`reset` to choose
 again for another phase.
 
+The graph is cut sharply at ``r*``: the model's smooth radial envelope goes to
+zero at its native cutoff, not at ``r*``, so when a pair crosses ``r*`` during MD
+the energy jumps by that pair's contribution. By default (``centre=True``) a
+refined ``r*`` is therefore placed in the middle of the gap between neighbour
+distances around the chosen candidate (the same graph, so the same prediction),
+which keeps crossings rare while atoms vibrate about their positions at the time
+of the choice. In rattled or hot structures the chosen candidate often lies inside
+a neighbour shell, the gap is then ~0.001 Å wide and centring cannot help: the
+layer logs a warning (gap narrower than :data:`NARROW_GAP`), and MD with that
+``r*`` drifts far more than with the plain model (``benchmarks/rewiring_shifts.py``).
+
 Results gain ``r_star`` (Å), ``rewiring_radii`` (the candidates, Å) and
 ``rewiring_distances`` (the spectral distance at each candidate).
 """
@@ -28,6 +39,9 @@ from ..rewiring import DEFAULT_N_RADII, DENSE_MAX, DISTANCES, RadiusChoice, Spec
 from .base import Layer, Request
 
 log = logging.getLogger(__name__)
+
+#: a refined r* closer than half this (Å) to a neighbour distance is logged as a warning
+NARROW_GAP = 0.1
 
 
 def system_key(atoms) -> str:
@@ -43,6 +57,9 @@ class RewiringLayer(Layer):
     is built). ``distance``: ``"padded_l2"`` (the paper's), ``"histogram"`` or
     ``"band_fraction"``. ``radii``: candidate radii in Å, all within the native
     cutoff (default: ``n_radii`` values from 0.5 rc to rc); rc is always a candidate.
+    ``centre``: move a chosen radius below rc to the middle of the interval of
+    radii giving the same graph (default; see :func:`mlff_calc.rewiring.choose_radius`),
+    so that moving atoms cross the sharp cut at ``r*`` as rarely as possible.
     ``method``/``dense_max``/``spectrum_kwargs``: how spectra are computed (see
     :func:`mlff_calc.rewiring.spectrum_from_adjacency`).
     """
@@ -50,7 +67,7 @@ class RewiringLayer(Layer):
     name = "rewiring"
     provides = ("r_star", "rewiring_radii", "rewiring_distances")
 
-    def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
+    def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
         if not isinstance(reference, SpectrumReference):
             raise ConfigurationError(f"RewiringLayer needs a SpectrumReference, not {type(reference).__name__}")
         if distance not in DISTANCES:
@@ -58,6 +75,7 @@ class RewiringLayer(Layer):
         self.reference = reference
         self.distance = distance
         self.radii = candidate_radii(reference.cutoff, radii, n_radii)  # raises for radii beyond the native cutoff
+        self.centre = bool(centre)
         self.method = method
         self.dense_max = int(dense_max)
         self.spectrum_kwargs = dict(spectrum_kwargs)
@@ -73,11 +91,13 @@ class RewiringLayer(Layer):
     # choosing ------------------------------------------------------------------
     def refine(self, atoms) -> RadiusChoice:
         """Choose ``r*`` for ``atoms``' system now (replacing any earlier choice) and hold it."""
-        choice = choose_radius(atoms, self.reference, distance=self.distance, radii=self.radii, method=self.method, dense_max=self.dense_max, **self.spectrum_kwargs)
+        choice = choose_radius(atoms, self.reference, distance=self.distance, radii=self.radii, centre=self.centre, method=self.method, dense_max=self.dense_max, **self.spectrum_kwargs)
         key = system_key(atoms)
         self._choices[key] = choice
         self.n_refinements += 1
         log.info("rewiring %s: r* = %.3f Å (%s distance %.4g; native %.3f Å)", key, choice.r_star, self.distance, choice.distances.min(), self.reference.cutoff)
+        if choice.r_star < self.reference.cutoff and choice.gap[1] - choice.gap[0] < NARROW_GAP:
+            log.warning("rewiring %s: r* = %.3f Å lies within %.3f Å of neighbour distances; in MD or a relaxation pairs will cross it and the energy will jump there", key, choice.r_star, 0.5 * (choice.gap[1] - choice.gap[0]))
         return choice
 
     def choice(self, atoms) -> RadiusChoice | None:
@@ -117,6 +137,7 @@ class RewiringLayer(Layer):
             "name": self.name,
             "distance": self.distance,
             "radii": self.radii.tolist(),
+            "centre": self.centre,
             "reference": ref.path or ref.source,
             "model_id": ref.model_id,
             "cutoff": ref.cutoff,
