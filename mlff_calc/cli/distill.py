@@ -15,11 +15,9 @@ HELP = "distil a teacher into a small, fast student: sample configurations, labe
 
 
 def add_arguments(p) -> None:
-    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
-    for name, (add, run_fn, text) in STEPS.items():
-        sp = steps.add_parser(name, help=text, description=text)
-        add(sp)
-        sp.set_defaults(_step=run_fn, _parser=sp)
+    from .options import add_steps
+
+    add_steps(p, STEPS)
 
 
 def _add_sample(p) -> None:

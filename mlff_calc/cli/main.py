@@ -22,6 +22,11 @@ VERBS = {
     "surface": "surface",
     "defect": "defect",
     "softening": "softening",
+    "ttt": "ttt",
+    "screen": "screen",
+    "db": "db",
+    "ltau": "ltau",
+    "rewire": "rewire",
 }
 
 

@@ -27,6 +27,15 @@ def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, thread
         add_layer_options(p)
 
 
+def add_steps(p: argparse.ArgumentParser, steps: dict) -> None:
+    """Sub-commands of a verb: ``steps`` maps a name to ``(add_arguments, run, help)``; ``args._step`` is the run."""
+    sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, (add, run_fn, text) in steps.items():
+        sp = sub.add_parser(name, help=text, description=text)
+        add(sp)
+        sp.set_defaults(_step=run_fn, _parser=sp)
+
+
 # calculator layers ----------------------------------------------------------------
 
 
@@ -50,10 +59,31 @@ def _softening_layer(value, args):
     return SofteningLayer.from_file(Path(value))
 
 
+def _ltau_layer(value, args):
+    from .ltau import ltau_layer
+
+    return ltau_layer(value, args)
+
+
+def _ttt_layer(value, args):
+    from .ttt import ttt_layer
+
+    return ttt_layer(value, args)
+
+
+def _rewire_layer(value, args):
+    from .rewire import rewire_layer
+
+    return rewire_layer(value, args)
+
+
 #: Layers the command line can attach, in the order of the calculator's layer list.
 #: Later layers (``--ltau``, ``--rewire``, ``--ttt``) go before softening, which must
 #: stay last so it scales the model's output only (see mlff_calc.layers.softening).
 LAYER_OPTIONS: tuple[LayerOption, ...] = (
+    LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", _ttt_layer),
+    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", _rewire_layer),
+    LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", _ltau_layer),
     LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", _softening_layer),
 )
 

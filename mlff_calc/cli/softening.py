@@ -26,11 +26,9 @@ PAPER_WEIGHTS = {"energy_weight": 0.1, "force_weight": 100.0, "stress_weight": 0
 
 
 def add_arguments(p) -> None:
-    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
-    for name, (add, run_fn, text) in STEPS.items():
-        sp = steps.add_parser(name, help=text, description=text)
-        add(sp)
-        sp.set_defaults(_step=run_fn, _parser=sp)
+    from .options import add_steps
+
+    add_steps(p, STEPS)
 
 
 def add_dft_options(p) -> None:

@@ -19,11 +19,9 @@ PRIOR_NAMES = ("gfn1-xtb", "gfn2-xtb", "emt", "lj", "morse")  # mlff_calc.ttt.pr
 
 
 def add_arguments(p) -> None:
-    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
-    for name, (add, run_fn, text) in STEPS.items():
-        sp = steps.add_parser(name, help=text, description=text)
-        add(sp)
-        sp.set_defaults(_step=run_fn, _parser=sp)
+    from .options import add_steps
+
+    add_steps(p, STEPS)
 
 
 def _add_adapt_config(p) -> None:

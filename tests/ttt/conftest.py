@@ -22,7 +22,7 @@ def ttt_store(mace_adapter, tmp_path_factory):
 
     teacher = MLFFCalculator(mace_adapter)
     samples = sample([si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=5, progress=False)
-    return label(samples, teacher, tmp_path_factory.mktemp("ttt") / "labels", chunk_size=8, n_rows=0, seed=1, progress=False)
+    return label(samples, teacher, tmp_path_factory.mktemp("ttt") / "labels", chunk_size=8, n_rows=0, full_hessian_max_dof=0, seed=1, progress=False)
 
 
 @pytest.fixture(scope="session")
