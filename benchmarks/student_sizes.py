@@ -7,6 +7,10 @@ create_graph). Calls are interleaved across candidates so machine noise hits all
 alike; CHGNet's 64-atom call is timed in the same loop for reference.
 
     python benchmarks/student_sizes.py --repeats 5 --out student_sizes.json
+
+With ``--labels FOLDER`` (a label store) it also trains every candidate at equal budget
+(``--epochs`` epochs, λ_KD = 0, seed 0) and reports its test force MAE against the teacher;
+``--candidates`` picks a subset by name.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ CANDIDATES = {
     "c16-L0-ell2-corr2-int2-r5.0": dict(channels=16, max_L=0, max_ell=2, correlation=2, num_interactions=2, r_max=5.0),
     "c32-L0-ell2-corr2-int2-r4.5": dict(channels=32, max_L=0, max_ell=2, correlation=2, num_interactions=2, r_max=4.5),
     "c16-L1-ell2-corr2-int2-r4.5": dict(channels=16, max_L=1, max_ell=2, correlation=2, num_interactions=2, r_max=4.5),
+    # cheaper single-interaction variants (fewer channels, max_ell 1, 6 Bessel, one-layer radial MLP)
+    "c16-L0-ell1-corr2-int1-r4.5": dict(channels=16, max_L=0, max_ell=1, correlation=2, num_interactions=1, r_max=4.5),
+    "c16-L0-ell2-corr2-int1-r4.5-b6-mlp16": dict(channels=16, max_L=0, max_ell=2, correlation=2, num_interactions=1, r_max=4.5, num_bessel=6, radial_mlp=[16]),
+    "c8-L0-ell2-corr2-int1-r4.5-b6-mlp16": dict(channels=8, max_L=0, max_ell=2, correlation=2, num_interactions=1, r_max=4.5, num_bessel=6, radial_mlp=[16], mlp_irreps="8x0e"),
+    "c8-L0-ell1-corr2-int1-r4.5-b6-mlp16": dict(channels=8, max_L=0, max_ell=1, correlation=2, num_interactions=1, r_max=4.5, num_bessel=6, radial_mlp=[16], mlp_irreps="8x0e"),
 }
 
 
@@ -63,7 +72,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--candidates", nargs="+", default=None, help="names from CANDIDATES (default: all)")
+    parser.add_argument("--labels", default=None, help="label store: also train each candidate and report its test force MAE")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--no-timing", action="store_true", help="accuracy only")
     args = parser.parse_args()
+    names = args.candidates or list(CANDIDATES)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     from mlff_calc.calculator import MLFFCalculator
@@ -72,7 +86,21 @@ def main() -> None:
 
     s64, s216 = si(2), si(3)
     batch = [si(2, seed=k) for k in range(4)]
-    models = {name: StudentAdapter.create([14], dtype="float32", architecture=kw) for name, kw in CANDIDATES.items()}
+    accuracy = {}
+    if args.labels:
+        from mlff_calc import distill
+
+        for name in names:
+            t = time.perf_counter()
+            res = distill.train_student(args.labels, architecture=CANDIDATES[name], epochs=args.epochs, lambda_kd=0.0, seed=0, progress=False)
+            accuracy[name] = {"test_force_mae": res.metrics["test"]["force_mae"], "test_energy_mae_per_atom": res.metrics["test"]["energy_mae_per_atom"], "train_s": time.perf_counter() - t}
+            print(name, accuracy[name], flush=True)
+    if args.no_timing:
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump({"epochs": args.epochs, "labels": args.labels, "accuracy": accuracy}, fh, indent=2)
+        return
+    models = {name: StudentAdapter.create([14], dtype="float32", architecture=CANDIDATES[name]) for name in names}
     chgnet = MLFFCalculator(CHGNetAdapter.load(device="cpu"))
     times: dict[str, dict[str, list[float]]] = {name: {"efs64": [], "efs216": [], "train": [], "train_h4": []} for name in models}
     times["chgnet"] = {"efs64": [], "efs216": []}
@@ -102,7 +130,7 @@ def main() -> None:
         print(f"{name:<30} {row.get('params', 0):>7} {row['efs64']:>9.1f} {row['efs216']:>10.1f} {row.get('train', float('nan')):>9.0f} {row.get('train_h4', float('nan')):>12.0f}")
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"threads": args.threads, "repeats": args.repeats, "median_ms": table}, fh, indent=2)
+            json.dump({"threads": args.threads, "repeats": args.repeats, "median_ms": table, "epochs": args.epochs, "labels": args.labels, "accuracy": accuracy}, fh, indent=2)
 
 
 if __name__ == "__main__":

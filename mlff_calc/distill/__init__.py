@@ -18,7 +18,7 @@ Steps: :func:`sample` (teacher MD, rattles, ±strain, dedup, split),
 :mod:`mlff_calc.training`) and :func:`save_student` (``student.json`` + state_dict).
 """
 
-from ..models.student import DEFAULT_ARCHITECTURE, StudentAdapter, save_student
+from ..models.student import DEFAULT_ARCHITECTURE, FAST_ARCHITECTURE, StudentAdapter, save_student
 from .labels import LabelRecord, LabelStore, label
 from .loss import DistillationLoss, LossWeights
 from .sample import SampleSet, sample
@@ -32,6 +32,7 @@ def load_student(path, *, device="auto", dtype=None) -> StudentAdapter:
 
 __all__ = [
     "DEFAULT_ARCHITECTURE",
+    "FAST_ARCHITECTURE",
     "DistillResult",
     "DistillationLoss",
     "LabelRecord",
