@@ -27,7 +27,7 @@ for k in range(6):
     slabs.append(slab)
 reference = [r["forces"] for r in teacher.evaluate(slabs)]
 
-calc = mlff_calc.load("cu-ttt-student/", device="cpu", layers=[TTTLayer(lr=1e-3, steps=100, batch_size=6)])
+calc = mlff_calc.load("cu-ttt-student/", device="cpu", layers=[TTTLayer(lr=1e-4, steps=100, batch_size=6)])
 
 
 def force_mae():
