@@ -103,3 +103,38 @@ def test_experimental_head_on_a_foundation_model(mace_adapter):
     model.prior_head.mlp[-1].weight.data.zero_()
     untrained = float(prior_loss(model, items, LossWeights(1.0, 100.0, 0.0), train=False)[0])
     assert fitted < untrained
+
+
+def test_experimental_ttt_on_chgnet():
+    """The experimental path on a real foundation model: only the early groups move, reset is exact."""
+    import warnings
+
+    import torch
+
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ttt import TTTLayer
+    from mlff_calc.models.chgnet import CHGNetAdapter
+    from mlff_calc.ttt import fit_prior_head
+
+    from conftest import LJ
+
+    adapter = CHGNetAdapter.load(device="cpu")  # its own copy: adaptation moves weights
+    frames = []
+    for k in range(3):
+        a = si8()
+        a.rattle(0.05, seed=40 + k)
+        frames.append(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_prior_head(adapter, frames, LJ, epochs=10)
+    calc = MLFFCalculator(model, layers=[TTTLayer(steps=3, batch_size=3, lr=1e-5, progress=False)])
+    before = {n: p.detach().clone() for n, p in adapter.module.named_parameters()}
+    energy = calc.evaluate(frames[:1])[0]["energy"]
+    history = calc.adapt(frames)["ttt"]
+    assert history["prior_loss_final"] < history["prior_loss_initial"]
+    adapt = set(model.named_group_parameters(model.adapt_groups))
+    changed = {n for n, p in adapter.module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= adapt
+    calc.reset_layers()
+    assert all(torch.equal(p, before[n]) for n, p in adapter.module.named_parameters())
+    assert calc.evaluate(frames[:1])[0]["energy"] == energy
