@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import si8
-
-LJ = {"name": "lj", "params": {"sigma": 2.1, "epsilon": 0.4, "rc": 4.5}}
-ARCH = {"channels": 8, "num_bessel": 6, "radial_mlp": [16]}
+from ttt_helpers import ARCH, LJ
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def test_adapted_weights_refused_on_another_model(ttt_calc, ttt_store, shifted, 
     from mlff_calc.layers.ttt import TTTLayer
     from mlff_calc.ttt import train_ttt_student
 
-    from conftest import ARCH, LJ
+    from ttt_helpers import ARCH, LJ
 
     ttt_calc.adapt(shifted)
     ttt_calc.layers[0].save(tmp_path / "adapted")
@@ -84,7 +84,7 @@ def test_experimental_head_on_a_foundation_model(mace_adapter):
     from mlff_calc.ttt.adapt import label_items, prior_loss
     from mlff_calc.distill.loss import LossWeights
 
-    from conftest import LJ
+    from ttt_helpers import LJ
 
     frames = []
     for k in range(4):
@@ -116,7 +116,7 @@ def test_experimental_ttt_on_chgnet():
     from mlff_calc.models.chgnet import CHGNetAdapter
     from mlff_calc.ttt import fit_prior_head
 
-    from conftest import LJ
+    from ttt_helpers import LJ
 
     adapter = CHGNetAdapter.load(device="cpu")  # its own copy: adaptation moves weights
     frames = []
