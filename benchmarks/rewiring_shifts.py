@@ -17,14 +17,17 @@ Stages (everything expensive is cached under ``--cache``, default ``mlff_results
    1500 K snapshots of teacher MD; all rattled, all 62-64 atoms;
 4. for each structure and each distance (padded L2, histogram): r* over the
    default 10 radii (0.5 rc ... rc), the student's forces at the native cutoff
-   and at r*, and their MAE against the teacher;
+   and at r* (edges smoothly switched off over ``--switch-width`` Å below r*, the
+   default of ``MACEAdapter``; also with the sharp cut, ``mae_sharp``), and their
+   MAE against the teacher;
 5. NVE MD (default student, 64 atoms, +3 % expanded cell where r* < rc, velocity
-   Verlet, 300 K velocities): plain, r* frozen at the grid value, r* frozen at
-   the centred value; same start and velocities; energy drift per atom per ps and
-   how often a pair crosses the graph radius.
+   Verlet, 300 K velocities): plain, r* frozen at the grid value and at the
+   centred value, each with the sharp cut at r* and with the smooth switch; same
+   start and velocities; energy drift per atom per ps and how often a pair
+   crosses the graph radius.
 
 Writes ``--json`` (default ``benchmarks/results/rewiring_shifts.json``) and a PNG
-of the per-structure MAE change beside it.
+beside it: the per-structure MAE change and the NVE total-energy traces.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--nve-ps", type=float, default=2.0)
     p.add_argument("--nve-timestep-fs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--switch-width", type=float, default=None, help="switch width below r* in Å (default: MACEAdapter's)")
     return p.parse_args()
 
 
@@ -137,12 +141,27 @@ def evaluate_set(adapter, ref, structures, labels) -> list[dict]:
         for d in DISTANCES:
             choice = choose_radius(atoms, ref, distance=d)
             if choice.r_star == ref.cutoff:
-                refined = plain
+                refined = sharp = plain
             else:
                 refined = adapter.evaluate([atoms], ("energy", "forces"), cutoff=choice.r_star)[0]["forces"]
-            row[d] = {"r_star": choice.r_star, "r_grid": choice.r_grid, "gap_A": list(choice.gap), "mae": mae(refined, f_teacher), "min_distance": float(choice.distances.min()), "distance_at_native": float(choice.distances[-1])}
+                with sharp_cut(adapter):
+                    sharp = adapter.evaluate([atoms], ("energy", "forces"), cutoff=choice.r_star)[0]["forces"]
+            row[d] = {"r_star": choice.r_star, "r_grid": choice.r_grid, "gap_A": list(choice.gap), "mae": mae(refined, f_teacher), "mae_sharp": mae(sharp, f_teacher), "min_distance": float(choice.distances.min()), "distance_at_native": float(choice.distances[-1])}
         rows.append(row)
     return rows
+
+
+class sharp_cut:
+    """Within: the adapter cuts edges sharply at a reduced cutoff (switch width 0)."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def __enter__(self):
+        self.width, self.adapter.switch_width_A = self.adapter.switch_width_A, 0.0
+
+    def __exit__(self, *exc):
+        self.adapter.switch_width_A = self.width
 
 
 def summarise(rows: list[dict], native: float, step: float) -> dict:
@@ -157,6 +176,7 @@ def summarise(rows: list[dict], native: float, step: float) -> dict:
         out[d] = {
             "mae_refined_mean": float(refined.mean()),
             "mae_refined_median": float(np.median(refined)),
+            "mae_refined_sharp_mean": float(np.mean([r[d]["mae_sharp"] for r in rows])),
             "change_median": float(np.median(change)),
             "change_p90": float(np.percentile(change, 90)),
             "change_max": float(change.max()),
@@ -187,8 +207,31 @@ def pair_set(atoms, r: float) -> set:
     return set(zip(i.tolist(), j.tolist(), map(tuple, shifts.astype(int).tolist())))
 
 
-def nve(student_calc, ref, *, start, label: str, temperature_K: float, ps: float, dt_fs: float, seed: int) -> dict:
-    """Velocity Verlet from the same positions and velocities, plain and with the layer (r* frozen)."""
+NVE_RUNS = {  # name -> (centre r*, switch); None: plain model
+    "plain": None,
+    "frozen_grid_r_star": (False, False),
+    "frozen_centred_r_star": (True, False),
+    "frozen_grid_r_star_switched": (False, True),
+    "frozen_centred_r_star_switched": (True, True),
+}
+
+
+TRACE_EVERY = 10
+
+
+def drift_stderr(time_ps, e, blocks: int = 10) -> float:
+    """Standard error of the drift: a line fitted to the means of ``blocks`` consecutive blocks (fluctuations are correlated within a block)."""
+    n = len(e) // blocks
+    if n < 2:
+        return float("nan")
+    t = np.asarray(time_ps[: n * blocks]).reshape(blocks, n).mean(axis=1)
+    m = np.asarray(e[: n * blocks]).reshape(blocks, n).mean(axis=1)
+    _, cov = np.polyfit(t, m, 1, cov=True)
+    return float(np.sqrt(cov[0, 0]))
+
+
+def nve(student_calc, ref, *, start, label: str, temperature_K: float, ps: float, dt_fs: float, seed: int, switch_width: float | None) -> dict:
+    """Velocity Verlet from the same positions and velocities, plain and with the layer (r* frozen, sharp or switched)."""
     import mlff_calc
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
@@ -199,9 +242,13 @@ def nve(student_calc, ref, *, start, label: str, temperature_K: float, ps: float
 
     steps = int(round(ps * 1000 / dt_fs))
     out = {"structure": label, "initial_temperature_K": temperature_K, "steps": steps, "timestep_fs": dt_fs}
-    for name in ("plain", "frozen_grid_r_star", "frozen_centred_r_star"):
-        layer = None if name == "plain" else RewiringLayer(ref, centre=name == "frozen_centred_r_star")
+    for name, how in NVE_RUNS.items():
+        layer = None if how is None else RewiringLayer(ref, centre=how[0])
         calc = mlff_calc.load(student_calc.adapter.source, device="cpu", layers=[layer] if layer else [])
+        if switch_width is not None:
+            calc.adapter.switch_width_A = switch_width
+        if how is not None and not how[1]:
+            calc.adapter.switch_width_A = 0.0  # the sharp cut at r*
         atoms = start.copy()
         atoms.calc = calc
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, force_temp=True, rng=np.random.default_rng(seed))
@@ -233,29 +280,45 @@ def nve(student_calc, ref, *, start, label: str, temperature_K: float, ps: float
         time_ps = np.arange(len(e)) * dt_fs / 1000.0
         out[name] = {
             "graph_radius_A": r_graph,
+            "switch_width_A": None if how is None else calc.adapter.switch_width_A,
             "steps_done": int(dyn.nsteps),
             "failed": failed,
             "drift_eV_per_atom_per_ps": float(np.polyfit(time_ps, e - e[0], 1)[0]) if len(e) > 2 else float("nan"),
+            "drift_stderr_eV_per_atom_per_ps": drift_stderr(time_ps, e),
             "max_abs_dE_tot_eV_per_atom": float(np.max(np.abs(e - e[0]))),
             "std_E_tot_eV_per_atom": float(np.std(e)),
             "mean_temperature_K": float(np.mean(temps)),
             "graph_edge_changes_per_ps": state["crossings"] / max(time_ps[-1], 1e-12) / 2,  # each undirected pair counted twice
+            # E_tot - E_tot(0) every TRACE_EVERY steps (the figure's bottom row)
+            "trace_dE_tot_eV_per_atom": (e - e[0])[::TRACE_EVERY].tolist(),
             "wall_s": time.perf_counter() - t,
         }
         if layer is not None:
             out[name]["r_star_values_seen"] = sorted(r_seen)
             out[name]["n_refinements"] = layer.n_refinements
-        print(f"nve {label} {name}: {out[name]}", flush=True)
+        print(f"nve {label} {name}: { {k: v for k, v in out[name].items() if not k.startswith('trace')} }", flush=True)
     return out
 
 
-def plot(path: Path, results: dict) -> None:
+def plot(path: Path, results: dict, md: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.0 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results) + len(md), 2, figsize=(11, 4.0 * (len(results) + len(md))), squeeze=False)
+    for row, (label, runs) in zip(axes[len(results):], md.items()):
+        for ax, names in zip(row, (list(NVE_RUNS), [n for n, how in NVE_RUNS.items() if how is None or how[1]])):
+            for name in names:
+                run = runs[name]
+                trace = np.asarray(run["trace_dE_tot_eV_per_atom"])
+                t_ps = np.arange(len(trace)) * TRACE_EVERY * runs["timestep_fs"] / 1000.0
+                ax.plot(t_ps, 1e3 * trace, lw=1.0, label=f"{name} (r = {run['graph_radius_A']:.3f} Å, drift {run['drift_eV_per_atom_per_ps']:.1e} eV/atom/ps)")
+            ax.set_xlabel("time (ps)")
+            ax.set_ylabel("E_tot - E_tot(0) (meV/atom)")
+            ax.legend(fontsize=7)
+        row[0].set_title(f"NVE {label}: all runs (sharp cut at r* drifts)")
+        row[1].set_title("plain and r* frozen with the smooth switch")
     for row, (student_name, per_set) in zip(axes, results.items()):
         names = list(per_set)
         for ax, d in zip(row, DISTANCES):
@@ -268,7 +331,7 @@ def plot(path: Path, results: dict) -> None:
             ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
             ax.set_title(f"student {student_name}, distance {d}")
         row[0].set_ylabel("force MAE change with r* (meV/Å)\n< 0: refinement helps")
-    fig.suptitle("CHGNet-distilled Si students: per-structure change of force MAE vs the teacher (box: min-max)")
+    fig.suptitle("CHGNet-distilled Si students: per-structure change of force MAE vs the teacher (box: min-max); NVE energy")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -326,6 +389,8 @@ def main() -> None:
         t = time.perf_counter()
         calc = calcs[name] = student(cache, name, store, args)
         adapter = calc.adapter
+        if args.switch_width is not None:
+            adapter.switch_width_A = args.switch_width
         timings[f"student_{name}"] = time.perf_counter() - t
         ref = SpectrumReference.build(train, adapter=adapter, source=f"{len(train)} training structures of {adapter.source}")
         ref.save(cache / f"reference-{name}.json")
@@ -339,7 +404,7 @@ def main() -> None:
             print(name, n, json.dumps(summarise(per_set[n], ref.cutoff, step)), flush=True)
         timings[f"refinement_{name}"] = time.perf_counter() - t
         students[name] = {
-            "model_id": adapter.model_id, "cutoff_A": adapter.cutoff, "source": adapter.source, "architecture": STUDENTS[name],
+            "model_id": adapter.model_id, "cutoff_A": adapter.cutoff, "source": adapter.source, "architecture": STUDENTS[name], "switch_width_A": adapter.switch_width_A,
             "test_metrics": adapter.manifest.get("metrics", {}).get("test"),
             "reference": {"n_structures": ref.n_structures, "padded_size": ref.padded_size, "radii_A": grid.tolist(), "grid_step_A": step},
             "summary": {n: summarise(rows, ref.cutoff, step) for n, rows in per_set.items()},
@@ -353,12 +418,13 @@ def main() -> None:
     start = si64(5.43 * 1.03)
     start.rattle(0.02, seed=1)
     key = "expanded_3pct_T0_300K"
-    md = {key: nve(calcs["rc4.5"], ref_md, start=start, label=key, temperature_K=300.0, ps=args.nve_ps, dt_fs=args.nve_timestep_fs, seed=args.seed)}
+    md = {key: nve(calcs["rc4.5"], ref_md, start=start, label=key, temperature_K=300.0, ps=args.nve_ps, dt_fs=args.nve_timestep_fs, seed=args.seed, switch_width=args.switch_width)}
     timings["nve"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
     png = args.json.with_suffix(".png")
-    plot(png, per_student)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    plot(png, per_student, md)
     report = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "note": "shared 2-core CPU, 1 torch/BLAS thread"},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -372,7 +438,8 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    print(json.dumps({"students": students, "nve": md, "timings_s": timings}, indent=1, default=float))
+    brief = {k: {n: ({m: v for m, v in r.items() if not m.startswith("trace")} if isinstance(r, dict) else r) for n, r in runs.items()} for k, runs in md.items()}
+    print(json.dumps({"students": students, "nve": brief, "timings_s": timings}, indent=1, default=float))
 
 
 if __name__ == "__main__":

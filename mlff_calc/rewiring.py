@@ -52,8 +52,10 @@ Choosing r*
 :func:`choose_radius` takes the candidate with the smallest distance (ties to the
 larger radius). A candidate below the native cutoff is then, by default, moved to
 the middle of the interval of radii that give exactly the same graph
-(:func:`same_graph_interval`): same spectrum, same prediction, but the largest
-margin before a moving atom crosses the sharp cut at r*.
+(:func:`same_graph_interval`): same spectrum, same prediction with a sharp cut, but the largest
+margin before a moving atom crosses the sharp cut at r* (CHGNet, M3GNet; MACE
+adapters switch edges off smoothly over ``switch_width_A`` below r*, so crossings
+do not make their energy jump).
 """
 
 from __future__ import annotations
@@ -507,9 +509,11 @@ def choose_radius(atoms: Atoms, reference: SpectrumReference, *, distance: str =
     cutoff, when chosen, is kept as it is. A smaller choice is, with ``centre``
     (the default), moved to the middle of the interval of radii that give the
     same graph (:func:`same_graph_interval`): the graph, and so the spectral
-    distance and the model's prediction for ``atoms``, are unchanged, but atoms
+    distance and (for a sharp cut at ``r*``) the model's prediction for ``atoms``,
+    are unchanged, but atoms
     that then move (MD, relaxation) are as far as possible from crossing ``r*``,
-    where the graph is cut sharply and the energy jumps.
+    where a sharply cut graph makes the energy jump (MACE adapters instead switch
+    edges off smoothly below ``r*``; see ``MACEAdapter.switch_width_A``).
     """
     if distance not in DISTANCES:
         raise ConfigurationError(f"unknown spectral distance {distance!r}; use one of {DISTANCES}")

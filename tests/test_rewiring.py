@@ -268,8 +268,11 @@ def test_hessian_uses_r_star(reference, mace_adapter):
 
 
 # centring r* in its gap ----------------------------------------------------------------
-def test_centred_r_star_gives_the_same_graph_and_prediction(reference, mace_adapter):
+def test_centred_r_star_gives_the_same_graph_and_prediction(reference, mace_adapter, monkeypatch):
+    """Same graph, so the same prediction with the sharp cut; MACE's smooth switch (default) weighs edges near r*."""
     from mlff_calc.rewiring import radius_graph
+
+    monkeypatch.setattr(mace_adapter, "switch_width_A", 0.0)
 
     atoms = si(2, scale=0.9, seed=3)
     grid_choice = choose_radius(atoms, reference, centre=False)

@@ -1,5 +1,6 @@
 """NVE molecular dynamics with r* frozen: r* never changes, and energy is conserved as with the plain
-model while no pair crosses r*; a pair crossing r* makes the energy jump (the graph is cut sharply at r*).
+model while no pair crosses r*; with the sharp cut at r* (``switch_width_A = 0``; CHGNet, M3GNet) a pair
+crossing r* makes the energy jump. MACE's smooth switch below r* is tested in test_rewiring_switch.py.
 
 Small float64 MACE of the top-level conftest (rc = 5.0 Å), 64-atom Si compressed by 10 % (r* < rc).
 """
@@ -65,8 +66,9 @@ def test_nve_with_frozen_r_star_conserves_energy_like_the_plain_model(reference,
     assert dev_plain < 5e-6 and dev_wired < 5e-6, (dev_plain, dev_wired)  # eV/atom over 50 fs, float64
 
 
-def test_a_pair_crossing_a_reduced_radius_makes_the_energy_jump(mace_adapter):
-    """Why r* is centred in a gap: the graph at r < rc is cut sharply, the model's envelope is smooth at rc only."""
+def test_a_pair_crossing_a_sharply_cut_reduced_radius_makes_the_energy_jump(mace_adapter, monkeypatch):
+    """Why r* is centred in a gap: cut sharply, the graph at r < rc ends abruptly, the model's envelope is smooth at rc only."""
+    monkeypatch.setattr(mace_adapter, "switch_width_A", 0.0)  # the sharp cut (CHGNet and M3GNet always)
     dimer = lambda d: Atoms("Si2", positions=[[0, 0, 0], [d, 0, 0]], cell=[20, 20, 20], pbc=True)  # noqa: E731
 
     def jump(r):

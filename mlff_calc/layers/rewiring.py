@@ -15,16 +15,30 @@ A *system* is keyed by its Hill chemical formula plus its number of atoms
 including different polymorphs; call :meth:`refine` or :meth:`reset` to choose
 again for another phase.
 
-The graph is cut sharply at ``r*``: the model's smooth radial envelope goes to
-zero at its native cutoff, not at ``r*``, so when a pair crosses ``r*`` during MD
-the energy jumps by that pair's contribution. By default (``centre=True``) a
-refined ``r*`` is therefore placed in the middle of the gap between neighbour
-distances around the chosen candidate (the same graph, so the same prediction),
-which keeps crossings rare while atoms vibrate about their positions at the time
-of the choice. In rattled or hot structures the chosen candidate often lies inside
-a neighbour shell, the gap is then ~0.001 Å wide and centring cannot help: the
-layer logs a warning (gap narrower than :data:`NARROW_GAP`), and MD with that
-``r*`` drifts far more than with the plain model (``benchmarks/rewiring_shifts.py``).
+How edges end at ``r*`` depends on the model family. The model's own radial
+envelope goes to zero at its native cutoff, not at ``r*``:
+
+* MACE and distilled students: the adapter multiplies every edge's radial
+  features by a smooth switch, 1 up to ``r* - w`` and 0 at ``r*`` with zero first
+  and second derivatives (``w = adapter.switch_width_A``, default 0.25 Å, never
+  wider than ``r*``; see :class:`~mlff_calc.models.mace.MACEAdapter`). Energy and
+  forces stay continuous as pairs cross ``r*``, and NVE MD with ``r*`` frozen
+  conserves energy like the plain model. Pairs within ``w`` below ``r*`` count
+  partially, so the prediction is that of a slightly smaller graph than the one
+  whose spectrum was matched.
+* CHGNet and M3GNet (and MACE with ``switch_width_A = 0``): the graph is cut
+  sharply at ``r*``, so when a pair crosses ``r*`` during MD the energy jumps by
+  that pair's contribution.
+
+For the sharp cut, a refined ``r*`` is by default (``centre=True``) placed in the
+middle of the gap between neighbour distances around the chosen candidate (the
+same graph, so the same prediction), which keeps crossings rare while atoms
+vibrate about their positions at the time of the choice. In rattled or hot
+structures the chosen candidate often lies inside a neighbour shell, the gap is
+then ~0.001 Å wide and centring cannot help: the layer logs a warning (gap
+narrower than :data:`NARROW_GAP`; only for an adapter that cuts sharply), and MD
+with that ``r*`` drifts far more than with the plain model
+(``benchmarks/rewiring_shifts.py``).
 
 Results gain ``r_star`` (Å), ``rewiring_radii`` (the candidates, Å) and
 ``rewiring_distances`` (the spectral distance at each candidate).
@@ -59,7 +73,9 @@ class RewiringLayer(Layer):
     cutoff (default: ``n_radii`` values from 0.5 rc to rc); rc is always a candidate.
     ``centre``: move a chosen radius below rc to the middle of the interval of
     radii giving the same graph (default; see :func:`mlff_calc.rewiring.choose_radius`),
-    so that moving atoms cross the sharp cut at ``r*`` as rarely as possible.
+    so that moving atoms cross the sharp cut at ``r*`` as rarely as possible
+    (CHGNet, M3GNet; MACE adapters switch edges off smoothly below ``r*`` over
+    ``adapter.switch_width_A``, reported here as :attr:`switch_width_A` once bound).
     ``method``/``dense_max``/``spectrum_kwargs``: how spectra are computed (see
     :func:`mlff_calc.rewiring.spectrum_from_adjacency`).
     """
@@ -80,13 +96,22 @@ class RewiringLayer(Layer):
         self.dense_max = int(dense_max)
         self.spectrum_kwargs = dict(spectrum_kwargs)
         self._choices: dict[str, RadiusChoice] = {}
+        self._adapter = None
         #: how many times a radius was chosen (for tests and logs)
         self.n_refinements = 0
 
     def bind(self, adapter) -> None:
         self.reference.check(adapter)
+        self._adapter = adapter
         if self.radii[-1] > adapter.cutoff + 1e-9:  # cannot happen once check passed; kept for clarity
             raise ConfigurationError(f"candidate radii reach {self.radii[-1]} Å, beyond the native cutoff {adapter.cutoff} Å")
+
+    @property
+    def switch_width_A(self) -> float | None:
+        """The bound adapter's switch width below r* (Å): 0 for a sharp cut, None before bind."""
+        if self._adapter is None:
+            return None
+        return float(getattr(self._adapter, "switch_width_A", 0.0))
 
     # choosing ------------------------------------------------------------------
     def refine(self, atoms) -> RadiusChoice:
@@ -96,7 +121,7 @@ class RewiringLayer(Layer):
         self._choices[key] = choice
         self.n_refinements += 1
         log.info("rewiring %s: r* = %.3f Å (%s distance %.4g; native %.3f Å)", key, choice.r_star, self.distance, choice.distances.min(), self.reference.cutoff)
-        if choice.r_star < self.reference.cutoff and choice.gap[1] - choice.gap[0] < NARROW_GAP:
+        if choice.r_star < self.reference.cutoff and choice.gap[1] - choice.gap[0] < NARROW_GAP and not self.switch_width_A:
             log.warning("rewiring %s: r* = %.3f Å lies within %.3f Å of neighbour distances; in MD or a relaxation pairs will cross it and the energy will jump there", key, choice.r_star, 0.5 * (choice.gap[1] - choice.gap[0]))
         return choice
 
@@ -138,6 +163,7 @@ class RewiringLayer(Layer):
             "distance": self.distance,
             "radii": self.radii.tolist(),
             "centre": self.centre,
+            "switch_width_A": self.switch_width_A,
             "reference": ref.path or ref.source,
             "model_id": ref.model_id,
             "cutoff": ref.cutoff,

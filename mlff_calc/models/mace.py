@@ -13,11 +13,24 @@ Upstream quirks hidden here:
   own force/stress code is switched off and the base class differentiates.
 - ``node_feats`` hold equivariant (l > 0) parts; descriptors keep only the
   invariant ``0e`` channels of every layer, as ``MACECalculator.get_descriptors``.
+- mace's radial envelope vanishes at its native ``r_max`` only. A graph built at a
+  smaller cutoff ``r`` (test-time radius refinement) would cut edges sharply at
+  ``r``, so the energy would jump whenever a pair crosses it. Below ``r_max`` each
+  edge's radial features are therefore multiplied by :func:`cutoff_switch`, 1 up to
+  ``r - w`` and 0 at ``r`` with zero first and second derivatives
+  (``w = switch_width_A``, default :data:`SWITCH_WIDTH_A`; 0 keeps the sharp cut).
+  A forward hook on ``module.radial_embedding``, present only while such a call
+  runs, applies it (to the envelope output when mace returns one separately); it
+  reads the window from the calling thread, so calls at the native cutoff (on any
+  thread) are never switched and stay bitwise unchanged. A module
+  that bypasses the hook (a compiled student's copy) is not used for switched
+  calls: they run the eager module.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +46,12 @@ from .base import Forward, ModelAdapter
 log = logging.getLogger(__name__)
 
 _MACE_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+
+#: default width (Å) of the smooth switch applied to edges below a reduced cutoff. In
+#: ``benchmarks/rewiring_shifts.py`` (Si students, r* 4.0 Å, 2 ps NVE) 0.25 and 0.5 Å both
+#: conserved energy like the plain model; 0.25 Å changed the forces at r* less (pairs
+#: within w of r* count only partly). It is also the candidate-radius step for rc 4.5 Å.
+SWITCH_WIDTH_A = 0.25
 
 
 def mace_scope():
@@ -75,11 +94,28 @@ def _invariant_columns(module) -> torch.Tensor:
     return torch.tensor(cols, dtype=torch.long)
 
 
+def cutoff_switch(d: torch.Tensor, r: float, w: float) -> torch.Tensor:
+    """Quintic smoothstep of ``x = (r - d) / w`` clamped to [0, 1]: ``6x⁵ - 15x⁴ + 10x³``.
+
+    Exactly 1 for ``d <= r - w``, 0 at ``d = r``; first and second derivatives
+    vanish at both ends of the window, so an energy built on it is C² in the positions.
+    """
+    x = ((r - d) / w).clamp(0.0, 1.0)
+    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
+def _check_switch_width(w) -> float:
+    w = float(w)
+    if not (w >= 0.0 and np.isfinite(w)):
+        raise ConfigurationError(f"switch_width_A must be a finite width >= 0 Å (0: cut edges sharply), not {w}")
+    return w
+
+
 class MACEAdapter(ModelAdapter):
     family = "mace"
     supported_dtypes = (torch.float32, torch.float64)
 
-    def __init__(self, module, *, model_id="mace", device="auto", dtype=None, head: str | None = None, source=None, sha256=None):
+    def __init__(self, module, *, model_id="mace", device="auto", dtype=None, head: str | None = None, source=None, sha256=None, switch_width_A: float = SWITCH_WIDTH_A):
         _check_mace(module, "the given module")
         zs = [int(z) for z in module.atomic_numbers]
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=float(module.r_max), elements=zs, source=source, sha256=sha256)
@@ -88,6 +124,59 @@ class MACEAdapter(ModelAdapter):
         self._z_index[zs] = np.arange(len(zs))
         self._n_species = len(zs)
         self._invariant = _invariant_columns(module).to(self.device)
+        self.switch_width_A = switch_width_A
+        self._switch_handle, self._switch_users = None, 0
+        self._switch_lock = threading.Lock()
+        self._switch_bypassed = False
+
+    @property
+    def switch_width_A(self) -> float:
+        """Width (Å) of the smooth switch taking edges to 0 at a cutoff below ``r_max``.
+
+        The switch is 1 up to ``cutoff - w`` and falls to 0 at ``cutoff`` (zero first
+        and second derivatives there), so energy and forces stay continuous as pairs
+        cross a reduced cutoff (e.g. the rewiring layer's r*). The window is never
+        wider than the cutoff itself. 0 cuts edges sharply (the energy jumps when a
+        pair crosses the cutoff). Calls at the native cutoff are never switched.
+        """
+        return self._switch_width
+
+    @switch_width_A.setter
+    def switch_width_A(self, w: float) -> None:
+        self._switch_width = _check_switch_width(w)
+
+    def _switch_window(self, cutoff: float) -> tuple[float, float] | None:
+        """(r, w) of the switch for a graph at ``cutoff``; None at the native cutoff or w = 0."""
+        if self._switch_width <= 0.0 or cutoff >= self.cutoff - 1e-9:
+            return None
+        return float(cutoff), min(self._switch_width, float(cutoff))
+
+    def _hook_switch(self, on: bool) -> None:
+        """Hold the switch hook while any thread runs a switched call; remove it after the last.
+
+        One hook for all threads (it reads each thread's own window), so that concurrent
+        calls on CPU worker threads never apply the switch twice; none is left on the
+        module between calls (it stays picklable and, at the native cutoff, unhooked).
+        """
+        with self._switch_lock:
+            self._switch_users += 1 if on else -1
+            if on and self._switch_handle is None:
+                self._switch_handle = self.module.radial_embedding.register_forward_hook(self._apply_switch, with_kwargs=True)
+            elif not on and self._switch_users == 0 and self._switch_handle is not None:
+                self._switch_handle.remove()
+                self._switch_handle = None
+
+    def _apply_switch(self, _module, args, kwargs, output):
+        window = self._captured.get("switch")
+        if window is None:
+            return None  # output untouched
+        lengths = args[0] if args else kwargs["edge_lengths"]
+        s = cutoff_switch(lengths, *window)  # [n_edges, 1]
+        self._captured["switch_applied"] = True
+        feats, envelope = output
+        if envelope is None:  # radial features already carry mace's envelope
+            return feats * s, None
+        return feats, envelope * s  # apply_cutoff=False: interactions multiply by the envelope
 
     @classmethod
     def load(cls, path, *, device="auto", dtype=None, model_id: str | None = None, head: str | None = None) -> "MACEAdapter":
@@ -156,7 +245,7 @@ class MACEAdapter(ModelAdapter):
             "ptr": ptr,
             "head": torch.full((n_graphs,), self._head, dtype=torch.long, device=dev),
         }
-        out = self.module(data, compute_force=False, compute_stress=False, training=False)
+        out = self._call_switched(data, self._switch_window(cutoff))
         feats = out["node_feats"][:, self._invariant] if descriptors else None
         return Forward(
             energy=out["energy"],
@@ -166,6 +255,34 @@ class MACEAdapter(ModelAdapter):
             node_energy=out["node_energy"].to(dt),
             descriptors=feats,
         )
+
+    def _call_switched(self, data: dict, window: tuple[float, float] | None) -> dict:
+        """:meth:`_call_module` with the cutoff switch active on this thread (``window`` = (r, w))."""
+        if window is None:
+            return self._call_module(data)
+        captured = self._captured
+        captured["switch"], captured["switch_applied"] = window, False
+        self._hook_switch(True)
+        try:
+            if not self._switch_bypassed:
+                out = self._call_module(data)
+                if captured["switch_applied"]:
+                    return out
+                # another module ran (e.g. a compiled student's copy), without the hook
+                log.info("%s: the cutoff switch needs the eager module; calls below the native cutoff use it", self.model_id)
+                self._switch_bypassed = True
+            out = MACEAdapter._call_module(self, data)
+            if not captured["switch_applied"]:
+                raise ConfigurationError(f"{self.model_id}: the cutoff switch hook on radial_embedding did not run; set switch_width_A=0 to cut edges sharply")
+            return out
+        finally:
+            self._hook_switch(False)
+            captured.pop("switch", None)
+            captured.pop("switch_applied", None)
+
+    def _call_module(self, data: dict) -> dict:
+        """mace's energy forward pass; a hook where students swap in a compiled copy."""
+        return self.module(data, compute_force=False, compute_stress=False, training=False)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         m = self.module
