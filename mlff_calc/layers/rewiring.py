@@ -116,6 +116,8 @@ class RewiringLayer(Layer):
     # choosing ------------------------------------------------------------------
     def refine(self, atoms) -> RadiusChoice:
         """Choose ``r*`` for ``atoms``' system now (replacing any earlier choice) and hold it."""
+        if self._adapter is not None:  # the spectra need a valid structure: check it as the model would
+            self._adapter.check(atoms, min_distance=None)
         choice = choose_radius(atoms, self.reference, distance=self.distance, radii=self.radii, centre=self.centre, method=self.method, dense_max=self.dense_max, **self.spectrum_kwargs)
         key = system_key(atoms)
         self._choices[key] = choice
