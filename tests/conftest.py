@@ -15,7 +15,7 @@ os.environ.setdefault("MLFF_CALC_MODEL_DIR", str(SHARED / "models"))
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Run the suite on one torch and one BLAS thread, restored at the end.
+    """Run the suite on one torch, one BLAS and one faiss thread, restored at the end.
 
     Measured here: with two OpenMP threads on 2 shared cores, small CHGNet graphs ran
     10-40x slower, and two OpenBLAS threads made ASE's cell filters ~100x slower.
@@ -26,9 +26,18 @@ def one_thread():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:  # faiss (LTAU indexes) has its own OpenMP pool
+        import faiss
+    except ImportError:
+        faiss = None
+    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
         yield
     torch.set_num_threads(threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(faiss_threads)
 
 
 @pytest.fixture(scope="session")

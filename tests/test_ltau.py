@@ -29,16 +29,6 @@ from mlff_calc.ltau import (
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread():
-    import faiss
-
-    n = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(n)
-
-
 # distributions: hand-computed cases -------------------------------------------
 
 
@@ -397,7 +387,7 @@ def test_calibrate_recovers_scale():
 
 def test_build_hnsw_per_element_and_refusals(ltau_built, ltau_store, tmp_path, mace_adapter):
     student, ltau, out = ltau_built
-    other = build_ltau(student, ltau_store, out / "error_log.npz", tmp_path / "hnsw", n_bins=20, burn_in=1, index_kind="hnsw", per_element=True, k=3)
+    build_ltau(student, ltau_store, out / "error_log.npz", tmp_path / "hnsw", n_bins=20, burn_in=1, index_kind="hnsw", per_element=True, k=3)
     assert sorted(p.name for p in (tmp_path / "hnsw").glob("*.faiss")) == ["index-14.faiss"]
     back = LTAU.load(tmp_path / "hnsw", adapter=student)
     assert back.index.kind == "hnsw" and back.index.per_element and back.k == 3 and back.dists.burn_in == 1

@@ -20,16 +20,6 @@ from mlff_calc.ltau import LTAU
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread():
-    import faiss
-
-    n = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(n)
-
-
 def test_build_then_attach_round_trip(ltau_built, ltau_store, tmp_path, capsys):  # noqa: F811
     import ase.io
 

@@ -24,16 +24,6 @@ from mlff_calc.ltau import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread():
-    import faiss
-
-    n = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(n)
-
-
 def manifold(n, dim=16, seed=0, offset=5.0, spread=0.02):
     """Descriptors like a model's: far from the origin, spread along a few directions."""
     rng = np.random.default_rng(seed)
