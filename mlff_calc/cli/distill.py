@@ -86,17 +86,11 @@ def _add_train(p) -> None:
 
 
 def _run_sample(args) -> dict:
-    import ase.io
 
     from ..distill import sample
-    from ..errors import ConfigurationError
-    from .options import load_calculator
+    from .options import load_calculator, read_frames
 
-    try:
-        frames = ase.io.read(args.structures, index=args.index)
-    except (OSError, ValueError, StopIteration) as exc:
-        raise ConfigurationError(f"cannot read structures from {args.structures}: {exc}") from exc
-    frames = frames if isinstance(frames, list) else [frames]
+    frames = read_frames(args.structures, args.index)
     calc = load_calculator(args)
     samples = sample(frames, calc, temperatures_K=args.temperatures_K, md_frames_per_T=args.md_frames, md_interval=args.md_interval, md_equilibration_steps=args.md_equilibration_steps, timestep_fs=args.timestep_fs, n_rattle=args.n_rattle, rattle_std_A=args.rattle_std_A, n_strain=args.n_strain, strain=args.strain, split=args.split, seed=args.seed)
     samples.write(args.out_dir)

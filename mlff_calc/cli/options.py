@@ -159,6 +159,24 @@ def read_structure(path, index="-1"):
     return atoms
 
 
+def read_frames(path, index=":") -> list:
+    """Every frame of ``path`` selected by ``index`` (ASE slice syntax); unreadable or empty raises ConfigurationError."""
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"structure file {path} does not exist")
+    try:
+        frames = ase.io.read(path, index=index)
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
+        raise ConfigurationError(f"cannot read structures from {path} (index {index}): {exc}") from exc
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise ConfigurationError(f"{path} (index {index}) holds no structures")
+    return frames
+
+
 def add_output_options(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("mlff_results") / default_dir, help="folder for every output file")
 

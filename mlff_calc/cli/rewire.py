@@ -94,33 +94,15 @@ def student_training_set(adapter) -> tuple[list, str]:
     return structures, f"{len(structures)} training structures of label store {found}"
 
 
-def read_structures(path, index=":") -> list:
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
-
-    from ..errors import ConfigurationError
-
-    if not Path(path).is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=index)
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
-        raise ConfigurationError(f"cannot read structures from {path} (index {index}): {exc}") from exc
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise ConfigurationError(f"{path} (index {index}) holds no structures")
-    return frames
-
-
 def _run_build(args) -> dict:
     from ..errors import ConfigurationError
     from ..rewiring import SpectrumReference
-    from .options import load_calculator
+    from .options import load_calculator, read_frames
 
     calc = load_calculator(args, layers=False)
     adapter = calc.adapter
     if args.structures is not None:
-        structures = read_structures(args.structures, args.index)
+        structures = read_frames(args.structures, args.index)
         source = f"{len(structures)} structures of {args.structures} (index {args.index})"
     elif isinstance(getattr(adapter, "manifest", None), dict):  # a distilled student (or a model built on one)
         structures, source = student_training_set(adapter)

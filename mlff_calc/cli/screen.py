@@ -69,23 +69,9 @@ def task_params(args) -> dict:
     return {}
 
 
-def read_frames(path, index):
-    import ase.io
-
-    from ..errors import ConfigurationError
-
-    if not Path(path).is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=index)
-    except (OSError, ValueError, StopIteration, KeyError) as exc:
-        raise ConfigurationError(f"cannot read structures from {path}: {exc}") from exc
-    return frames if isinstance(frames, list) else [frames]
-
-
 def run(args) -> int:
     from ..executors import screen
-    from .options import show_outputs, write_summary
+    from .options import read_frames, show_outputs, write_summary
 
     started = time.time()
     frames = read_frames(args.structures, args.index)

@@ -23,15 +23,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..artifacts import atomic_path, write_json
-    from ..errors import ConfigurationError
-    from .options import load_calculator, run_summary
+    from .options import load_calculator, read_frames, run_summary
 
     started = time.time()
-    try:
-        frames = ase.io.read(args.structures, index=args.index)
-    except (OSError, ValueError, StopIteration) as exc:
-        raise ConfigurationError(f"cannot read structures from {args.structures}: {exc}") from exc
-    frames = frames if isinstance(frames, list) else [frames]
+    frames = read_frames(args.structures, args.index)
     calc = load_calculator(args)
     out_xyz = args.out_dir / f"{args.structures.stem}-results.extxyz"
     results = []

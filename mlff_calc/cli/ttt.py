@@ -65,21 +65,10 @@ def _add_adapt(p) -> None:
     add_output_options(p, "ttt")
 
 
-def read_frames(path, index=":") -> list:
-    import ase.io
-
-    from ..errors import ConfigurationError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    frames = ase.io.read(path, index=index)
-    return frames if isinstance(frames, list) else [frames]
-
-
 def ttt_layer(value, args):
     """The layer of ``--ttt``: a folder from ``ttt adapt``, or a structure file to adapt on."""
     from ..layers.ttt import TTTLayer
+    from .options import read_frames
 
     path = Path(value)
     if path.is_dir():
@@ -110,7 +99,7 @@ def _run_train(args) -> int:
 def _run_adapt(args) -> int:
     from ..layers.ttt import TTTLayer
     from ..plots import loss_curve
-    from .options import load_calculator, write_summary
+    from .options import load_calculator, read_frames, write_summary
 
     started = time.time()
     frames = read_frames(args.structure, args.index)
