@@ -271,7 +271,7 @@ def finetune(
     ``error_log.npz`` (rewritten every epoch).
     """
     from .distill.train import ErrorLog
-    from .training import Trainer, TrainerConfig, shuffled_batches
+    from .training import Trainer, TrainerConfig, only_trainable, shuffled_batches
 
     if getattr(adapter, "finetune_info", None) is not None:
         raise ConfigurationError(f"{adapter.model_id} is already fine-tuned; fine-tune its base model instead (pass both datasets)")
@@ -306,8 +306,6 @@ def finetune(
     }
     out_dir = Path(out_dir) if out_dir is not None else None
     order = np.random.default_rng(seed)
-    frozen = [p for p in adapter.module.parameters() if all(p is not q for q in params.values())]
-    saved_flags = [(p, p.requires_grad) for p in adapter.module.parameters()]
 
     batches = shuffled_batches(train_items, batch_size, order)
 
@@ -327,15 +325,10 @@ def finetune(
 
     trainer_config = TrainerConfig(epochs=epochs, lr=lr, weight_decay=0.0, schedule="cosine", min_lr_ratio=min_lr_ratio, ema_decay=ema_decay, patience=patience or epochs + 1, grad_clip=grad_clip, monitor="val_loss", progress=progress)
     try:
-        for p in frozen:
-            p.requires_grad_(False)
-        for p in params.values():
-            p.requires_grad_(True)
-        trainer = Trainer(_EvalModule(adapter.module), trainer_config, params=list(params.values()))
-        history = trainer.fit(step, batches, validate, on_epoch_end=on_epoch_end, steps_per_epoch=-(-len(train_items) // batch_size))
+        with only_trainable(adapter.module.parameters(), params.values()):
+            trainer = Trainer(_EvalModule(adapter.module), trainer_config, params=list(params.values()))
+            history = trainer.fit(step, batches, validate, on_epoch_end=on_epoch_end, steps_per_epoch=-(-len(train_items) // batch_size))
     finally:
-        for p, flag in saved_flags:
-            p.requires_grad_(flag)
         adapter.module.eval()
     after = {"train": evaluate_dataset(adapter, train, loss_fn), "valid": evaluate_dataset(adapter, valid, loss_fn)}
     metrics = {"before": before, "after": after, "best_epoch": history.best_epoch, "best_val_loss": history.best_value, "epochs_run": len(history.rows), "train_time_s": time.perf_counter() - started}

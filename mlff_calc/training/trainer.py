@@ -31,6 +31,21 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
+@contextlib.contextmanager
+def only_trainable(params: Iterable[torch.nn.Parameter], chosen: Iterable[torch.nn.Parameter]):
+    """Inside the block, of ``params`` exactly ``chosen`` require gradients (yielded as a list); every flag is restored after."""
+    params = list(params)
+    picked = {id(p) for p in chosen}
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(id(p) in picked)
+    try:
+        yield [p for p in params if id(p) in picked]
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+
+
 def shuffled_batches(items: Sequence, batch_size: int, rng) -> Callable[[int], Iterator[list]]:
     """``batches(epoch)`` for :meth:`Trainer.fit`: a fresh permutation of ``items`` each epoch."""
 

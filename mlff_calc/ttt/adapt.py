@@ -11,7 +11,6 @@ Adaptation is done once for a set of test configurations, never per structure.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -21,6 +20,7 @@ import torch
 
 from ..distill.loss import DistillationLoss, LossWeights, TrainItem
 from ..errors import CalculationFailed, ConfigurationError
+from ..training import only_trainable
 from .priors import prior_labels
 
 
@@ -49,20 +49,10 @@ def label_items(structures, labels, dtype, device) -> list[TrainItem]:
     ]
 
 
-@contextlib.contextmanager
 def trainable(model, groups: Sequence[str]):
-    """Only the parameters of ``groups`` require gradients inside the block (restored after)."""
+    """Context in which only the parameters of ``groups`` require gradients (restored after)."""
     table = model.parameter_groups()
-    chosen = {id(p) for g in groups for p in table[g]}
-    every = [p for params in table.values() for p in params]
-    saved = [p.requires_grad for p in every]
-    for p in every:
-        p.requires_grad_(id(p) in chosen)
-    try:
-        yield [p for p in every if id(p) in chosen]
-    finally:
-        for p, flag in zip(every, saved):
-            p.requires_grad_(flag)
+    return only_trainable((p for params in table.values() for p in params), (p for g in groups for p in table[g]))
 
 
 def prior_loss(model, items, weights: LossWeights, *, train: bool):
