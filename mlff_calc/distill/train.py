@@ -65,12 +65,16 @@ def _items(records: Sequence[LabelRecord], dtype, device, *, offsets: bool) -> l
     return items
 
 
-def fit_reference_energies(records: Sequence[LabelRecord], elements: Sequence[int]) -> dict[int, float]:
-    """Per-element energies (eV/atom) by least squares of the teacher energies on composition."""
-    counts = np.array([[np.sum(r.atoms.numbers == z) for z in elements] for r in records], dtype=float)
-    energies = np.array([r.energy for r in records])
-    e0, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+def fit_reference_energies(structures: Sequence[Atoms], energies: Sequence[float], elements: Sequence[int]) -> dict[int, float]:
+    """Per-element energies (eV/atom) by least squares of ``energies`` on the structures' compositions."""
+    counts = np.array([[np.sum(a.numbers == z) for z in elements] for a in structures], dtype=float)
+    e0, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=float), rcond=None)
     return {int(z): float(e) for z, e in zip(elements, e0)}
+
+
+def rms_force(forces: Sequence[np.ndarray]) -> float:
+    """Root mean square of every force component (eV/Å): a natural scale for a model's output."""
+    return float(np.sqrt(np.mean(np.concatenate([np.asarray(f).reshape(-1) for f in forces]) ** 2)))
 
 
 def mean_neighbours(records: Sequence[LabelRecord], r_max: float) -> float:
@@ -171,8 +175,9 @@ def new_student(train: Sequence[LabelRecord], elements: Sequence[int], *, archit
 
     arch = dict(architecture or {})
     r_max = float(arch.get("r_max", DEFAULT_ARCHITECTURE["r_max"]))
-    rms_force = float(np.sqrt(np.mean(np.concatenate([r.forces.reshape(-1) for r in train]) ** 2)))
-    return StudentAdapter.create(elements, device=device, dtype=dtype, architecture=arch, atomic_energies=fit_reference_energies(train, elements), avg_num_neighbors=mean_neighbours(train, r_max), scale=max(rms_force, 1e-3), shift=0.0, seed=seed)
+    e0 = fit_reference_energies([r.atoms for r in train], [r.energy for r in train], elements)
+    scale = max(rms_force([r.forces for r in train]), 1e-3)
+    return StudentAdapter.create(elements, device=device, dtype=dtype, architecture=arch, atomic_energies=e0, avg_num_neighbors=mean_neighbours(train, r_max), scale=scale, shift=0.0, seed=seed)
 
 
 def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "float32", device: str = "cpu", epochs: int = 30, batch_size: int = 4, lr: float = 5e-3, weight_decay: float = 0.0, schedule: str = "cosine", ema_decay: float | None = 0.99, patience: int = 15, lambda_energy: float = 5.0, lambda_forces: float = 100.0, lambda_kd: float = 400.0, lambda_stress: float = 0.0, rows_per_structure: int = 4, row_method: str = "vjp", fd_step_A: float = 1e-4, kd_schedule=None, seed: int = 0, out_dir=None, progress: bool | None = None) -> DistillResult:

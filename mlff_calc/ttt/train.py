@@ -30,7 +30,7 @@ import torch
 
 from ..distill.labels import LabelStore
 from ..distill.loss import DistillationLoss, LossWeights
-from ..distill.train import _items, evaluate_items, new_student, split_records
+from ..distill.train import _items, evaluate_items, fit_reference_energies, new_student, rms_force, split_records
 from ..errors import ConfigurationError
 from .adapt import label_items, prior_loss, trainable
 from .head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, save_head
@@ -57,10 +57,8 @@ class TTTResult:
 def _prior_stats(structures, labels) -> tuple[dict[int, float], float]:
     """Per-element prior energies by least squares, and the RMS prior force (the head's scale)."""
     elements = sorted({int(z) for a in structures for z in a.numbers})
-    counts = np.array([[np.sum(a.numbers == z) for z in elements] for a in structures], dtype=float)
-    e0, *_ = np.linalg.lstsq(counts, np.array([e for e, _ in labels]), rcond=None)
-    rms = float(np.sqrt(np.mean(np.concatenate([f.reshape(-1) for _, f in labels]) ** 2)))
-    return {z: float(e) for z, e in zip(elements, e0)}, max(rms, 1e-3)
+    e0 = fit_reference_energies(structures, [e for e, _ in labels], elements)
+    return e0, max(rms_force([f for _, f in labels]), 1e-3)
 
 
 def _fit(model, params_groups, items, valid_items, *, head: str, weights: LossWeights, epochs: int, batch_size: int, lr: float, seed: int, progress):
