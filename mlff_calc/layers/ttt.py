@@ -118,47 +118,22 @@ class TTTLayer(Layer):
     # artifact ------------------------------------------------------------------
     def save(self, folder) -> Path:
         """Write the adapted parameters and what produced them, bound to the base model."""
-        from .. import __version__
-        from ..artifacts import atomic_path, sha256_file, write_json
+        from ..ttt.head import write_bound
 
         model = self._bound()
         if not self.adapted:
             raise ConfigurationError("nothing to save: call adapt(structures) first")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = folder / ADAPTED_WEIGHTS
-        with atomic_path(weights) as tmp:
-            torch.save({n: p.detach().cpu().clone() for n, p in self._params().items()}, tmp)
         history = {k: v for k, v in self.history.items() if k != "step_losses"}
-        manifest = {
-            "format": ADAPTED_FORMAT,
-            "format_version": ADAPTED_VERSION,
-            "mlff_calc_version": __version__,
-            "base_model": self._binding,
-            "prior": model.prior,
-            "adapt_groups": list(model.adapt_groups),
-            "history": history,
-            "weights": {"file": ADAPTED_WEIGHTS, "sha256": sha256_file(weights)},
-        }
-        write_json(folder / ADAPTED_MANIFEST, manifest)
-        return folder
+        write_bound(folder, manifest_name=ADAPTED_MANIFEST, weights_name=ADAPTED_WEIGHTS, state=self._params(), fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, base_model=self._binding, prior=model.prior, adapt_groups=list(model.adapt_groups), history=history)
+        return Path(folder)
 
     def load(self, folder) -> None:
         """Put adapted parameters saved by :meth:`save` into the bound model."""
-        from ..artifacts import check_manifest, read_json, sha256_file
+        from ..ttt.head import read_bound
 
         model = self._bound()
-        folder = Path(folder)
-        path = folder / ADAPTED_MANIFEST
-        manifest = read_json(path, kind="test-time training weights")
-        check_manifest(manifest, fmt=ADAPTED_FORMAT, versions=(ADAPTED_VERSION,), path=path)
-        bound = manifest.get("base_model") or {}
-        if bound.get("sha256") != self._binding["sha256"]:
-            raise ArtifactError(f"the adapted weights in {folder} belong to {bound.get('model_id')!r}, not to {model.model_id!r}; adapt this model instead")
-        file = folder / manifest["weights"]["file"]
-        if not file.is_file() or sha256_file(file) != manifest["weights"]["sha256"]:
-            raise ArtifactError(f"adapted weights {file} are missing or do not match the sha256 in {path}")
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        foreign = "the adapted weights in {folder} belong to {model_id!r}, not to " + repr(model.model_id) + "; adapt this model instead"
+        manifest, state = read_bound(folder, manifest_name=ADAPTED_MANIFEST, fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, kind="adapted", base_sha=self._binding["sha256"], foreign=foreign)
         params = self._params()
         if set(state) != set(params) or any(state[n].shape != params[n].shape for n in params):
             raise ArtifactError(f"the adapted weights in {folder} do not fit this model's groups {list(model.adapt_groups)}")

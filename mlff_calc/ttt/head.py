@@ -159,44 +159,54 @@ def first_layer_columns(adapter: ModelAdapter) -> list[int]:
 # artifact --------------------------------------------------------------------------
 
 
-def save_head(model: TwoHeadModel, folder) -> Path:
-    """Write ``prior_head.json`` + ``prior_head.pt`` into ``folder`` atomically."""
+def write_bound(folder, *, manifest_name: str, weights_name: str, state: dict, fmt: str, version: int, base_model: dict, **fields) -> Path:
+    """Write ``state`` (tensors) and a manifest binding it to ``base_model`` into ``folder``, atomically."""
     from .. import __version__
     from ..artifacts import atomic_path, sha256_file, write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / HEAD_WEIGHTS
+    weights = folder / weights_name
     with atomic_path(weights) as tmp:
-        torch.save({k: v.detach().cpu().clone() for k, v in model.prior_head.state_dict().items()}, tmp)
-    manifest = {
-        "format": HEAD_FORMAT,
-        "format_version": HEAD_VERSION,
-        "mlff_calc_version": __version__,
-        "base_model": {"model_id": model.model_id, "sha256": _base_sha(model.base)},
-        **model.describe_heads(),
-        "weights": {"file": HEAD_WEIGHTS, "sha256": sha256_file(weights)},
-    }
-    write_json(folder / HEAD_MANIFEST, manifest)
-    return folder / HEAD_MANIFEST
+        torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, tmp)
+    manifest = {"format": fmt, "format_version": version, "mlff_calc_version": __version__, "base_model": base_model, **fields, "weights": {"file": weights_name, "sha256": sha256_file(weights)}}
+    write_json(folder / manifest_name, manifest)
+    return folder / manifest_name
+
+
+def read_bound(folder, *, manifest_name: str, fmt: str, version: int, kind: str, base_sha: str, foreign: str) -> tuple[dict, dict]:
+    """``(manifest, state)`` written by :func:`write_bound`, checked before use.
+
+    Refused with ArtifactError: a corrupt or wrong-format manifest; a ``base_model``
+    whose sha256 is not ``base_sha`` (message ``foreign``, formatted with ``folder``
+    and the recorded ``model_id``); weights that are missing or differ from their sha256.
+    """
+    from ..artifacts import check_manifest, read_json, sha256_file
+
+    folder = Path(folder)
+    path = folder / manifest_name
+    manifest = read_json(path, kind=f"{kind} manifest")
+    check_manifest(manifest, fmt=fmt, versions=(version,), path=path)
+    bound = manifest.get("base_model") or {}
+    if bound.get("sha256") != base_sha:
+        raise ArtifactError(foreign.format(folder=folder, model_id=bound.get("model_id")))
+    file = folder / manifest["weights"]["file"]
+    if not file.is_file() or sha256_file(file) != manifest["weights"]["sha256"]:
+        raise ArtifactError(f"{kind} weights {file} are missing or do not match the sha256 in {path}")
+    return manifest, torch.load(file, map_location="cpu", weights_only=True)
+
+
+def save_head(model: TwoHeadModel, folder) -> Path:
+    """Write ``prior_head.json`` + ``prior_head.pt`` into ``folder`` atomically."""
+    base_model = {"model_id": model.model_id, "sha256": _base_sha(model.base)}
+    return write_bound(folder, manifest_name=HEAD_MANIFEST, weights_name=HEAD_WEIGHTS, state=model.prior_head.state_dict(), fmt=HEAD_FORMAT, version=HEAD_VERSION, base_model=base_model, **model.describe_heads())
 
 
 def load_head(base: ModelAdapter, folder) -> TwoHeadModel:
     """``base`` with the prior head saved in ``folder``; refused if it belongs to another model."""
-    from ..artifacts import check_manifest, read_json, sha256_file
-
-    folder = Path(folder)
-    path = folder / HEAD_MANIFEST
-    manifest = read_json(path, kind="prior head manifest")
-    check_manifest(manifest, fmt=HEAD_FORMAT, versions=(HEAD_VERSION,), path=path)
-    bound = manifest.get("base_model") or {}
-    if bound.get("sha256") != _base_sha(base):
-        raise ArtifactError(f"the prior head in {folder} was trained for {bound.get('model_id')!r}, not for {base.model_id!r} (weights differ); train a head for this model")
-    file = folder / manifest["weights"]["file"]
-    if not file.is_file() or sha256_file(file) != manifest["weights"]["sha256"]:
-        raise ArtifactError(f"prior head weights {file} are missing or do not match the sha256 in {path}")
+    foreign = "the prior head in {folder} was trained for {model_id!r}, not for " + repr(base.model_id) + " (weights differ); train a head for this model"
+    manifest, state = read_bound(folder, manifest_name=HEAD_MANIFEST, fmt=HEAD_FORMAT, version=HEAD_VERSION, kind="prior head", base_sha=_base_sha(base), foreign=foreign)
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
         cfg = manifest["head"]
         head = PriorHead(cfg["columns"], hidden=cfg["hidden"], seed=cfg.get("seed", 0))
         head.load_state_dict(state, strict=True)
