@@ -20,7 +20,7 @@ layer :class:`mlff_calc.layers.ttt.TTTLayer`.
 from .adapt import AdaptConfig, adapt
 from .head import PriorHead, TwoHeadModel, load_head, save_head
 from .priors import PRIORS, check_coverage, prior_calculator, prior_labels
-from .train import TTTResult, fit_prior_head, load_ttt_student, save_ttt_student, train_ttt_student
+from .train import TTTResult, fit_prior_head, save_ttt_student, train_ttt_student
 
 __all__ = [
     "PRIORS",
@@ -32,7 +32,6 @@ __all__ = [
     "check_coverage",
     "fit_prior_head",
     "load_head",
-    "load_ttt_student",
     "prior_calculator",
     "prior_labels",
     "save_head",

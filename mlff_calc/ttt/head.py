@@ -96,10 +96,10 @@ class TwoHeadModel(ModelAdapter):
 
     @classmethod
     def load(cls, path, *, device="auto", dtype=None, model_id=None) -> "TwoHeadModel":
-        """A two-head student folder (student files + ``prior_head.json``)."""
-        from .train import load_ttt_student
+        """A two-head student folder (:func:`~mlff_calc.ttt.save_ttt_student`: student files + ``prior_head.json``)."""
+        from ..models.student import StudentAdapter
 
-        return load_ttt_student(path, device=device, dtype=dtype)
+        return load_head(StudentAdapter.load(path, device=device, dtype=dtype), path)
 
     @contextlib.contextmanager
     def using(self, head: str):

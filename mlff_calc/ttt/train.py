@@ -33,7 +33,7 @@ from ..distill.loss import DistillationLoss, LossWeights
 from ..distill.train import _items, evaluate_items, fit_reference_energies, new_student, rms_force, split_records
 from ..errors import ConfigurationError
 from .adapt import label_items, prior_loss, trainable
-from .head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, save_head
+from .head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
 from .priors import check_coverage, prior_labels, prior_spec
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,6 @@ def save_ttt_student(result: TTTResult, folder) -> Path:
     return Path(folder)
 
 
-def load_ttt_student(folder, *, device="auto", dtype=None) -> TwoHeadModel:
-    """A folder written by :func:`save_ttt_student` (``mlff_calc.load`` uses this)."""
-    from ..models.student import StudentAdapter
-    from .head import load_head
-
-    return load_head(StudentAdapter.load(folder, device=device, dtype=dtype), folder)
-
-
 def fit_prior_head(adapter, structures, prior, *, columns: Sequence[int] | None = None, adapt_groups: Sequence[str] = DEFAULT_ADAPT_GROUPS, hidden: int = 32, epochs: int = 200, lr: float = 1e-2, seed: int = 0, progress: bool | None = None) -> TwoHeadModel:
     """EXPERIMENTAL: a prior head on a foundation model's frozen features.
 
@@ -171,7 +163,7 @@ def fit_prior_head(adapter, structures, prior, *, columns: Sequence[int] | None 
     structures = list(structures)
     labels = prior_labels(structures, prior, progress=progress)
     if columns is None:
-        columns = first_layer_columns(adapter) if hasattr(adapter.module, "products") else list(range(adapter.compute(structures[:1], forces=False, descriptors=True, min_distance=None)["descriptors"].shape[1]))
+        columns = first_layer_columns(adapter) if hasattr(adapter.module, "products") else list(range(invariant_width(adapter, structures[0])))
     e0, scale = _prior_stats(structures, labels)
     model = TwoHeadModel(adapter, PriorHead(columns, hidden=hidden, e0=e0, scale=scale, seed=seed), prior=prior, adapt_groups=adapt_groups, experimental=True)
     items = label_items(structures, labels, model.dtype, model.device)
