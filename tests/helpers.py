@@ -26,6 +26,16 @@ def si8(a: float = 5.43):
     return bulk("Si", "diamond", a, cubic=True)
 
 
+def si8_frames(count: int, amp: float = 0.05, seed: int = 0) -> list:
+    """``count`` Si8 cells, frame k rattled by ``amp`` Å with seed ``seed + k``."""
+    frames = []
+    for k in range(count):
+        atoms = si8()
+        atoms.rattle(amp, seed=seed + k)
+        frames.append(atoms)
+    return frames
+
+
 def rattled_si(n=2, amp=0.05, seed=1):
     atoms = bulk("Si", "diamond", 5.43, cubic=True) * (n, n, n)
     atoms.rattle(amp, seed=seed)

@@ -69,14 +69,9 @@ def build_calculator(request, name: str):
 
 
 def _training_frames(n: int = 4):
-    from helpers import si8
+    from helpers import si8_frames
 
-    frames = []
-    for k in range(n):
-        a = si8()
-        a.rattle(0.04, seed=30 + k)
-        frames.append(a)
-    return frames
+    return si8_frames(n, amp=0.04, seed=30)
 
 
 def _rewiring(request):

@@ -23,14 +23,9 @@ LJ = {"name": "lj", "params": {"sigma": 2.1, "epsilon": 0.4, "rc": 4.5}}
 
 
 def frames():
-    from helpers import si8
+    from helpers import si8_frames
 
-    out = []
-    for k in range(3):
-        a = si8()
-        a.rattle(0.05, seed=50 + k)
-        out.append(a)
-    return out
+    return si8_frames(3, seed=50)
 
 
 def fresh_mace(path):

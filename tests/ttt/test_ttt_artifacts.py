@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import si8
+from helpers import si8, si8_frames
 
 
 def test_load_gives_a_two_head_model_recording_its_groups(ttt_folder):
@@ -86,11 +86,7 @@ def test_experimental_head_on_a_foundation_model(mace_adapter):
 
     from ttt_helpers import LJ
 
-    frames = []
-    for k in range(4):
-        a = si8()
-        a.rattle(0.05, seed=20 + k)
-        frames.append(a)
+    frames = si8_frames(4, seed=20)
     before = {n: p.detach().clone() for n, p in mace_adapter.module.named_parameters()}
     with pytest.warns(UserWarning, match="experimental"):
         model = fit_prior_head(mace_adapter, frames, LJ, epochs=30, lr=1e-2)
@@ -119,11 +115,7 @@ def test_experimental_ttt_on_chgnet():
     from ttt_helpers import LJ
 
     adapter = CHGNetAdapter.load(device="cpu")  # its own copy: adaptation moves weights
-    frames = []
-    for k in range(3):
-        a = si8()
-        a.rattle(0.05, seed=40 + k)
-        frames.append(a)
+    frames = si8_frames(3, seed=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = fit_prior_head(adapter, frames, LJ, epochs=10)
