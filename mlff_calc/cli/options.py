@@ -139,24 +139,13 @@ def add_structure_argument(p: argparse.ArgumentParser, name: str = "structure", 
 
 
 def read_structure(path, index="-1"):
-    """One Atoms from ``path``; a missing or unreadable file raises ConfigurationError naming it."""
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    try:
-        atoms = ase.io.read(path, index=str(index))
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
-        raise ConfigurationError(f"cannot read a structure from {path} (index {index}): {exc}") from exc
-    if isinstance(atoms, list):
-        if len(atoms) != 1:
-            raise ConfigurationError(f"--index {index} selects {len(atoms)} frames of {path}; give a single frame")
-        atoms = atoms[0]
-    if len(atoms) == 0:
+    """One Atoms from ``path`` (:func:`read_frames` with ``index`` selecting exactly one non-empty frame)."""
+    frames = read_frames(path, str(index))
+    if len(frames) != 1:
+        raise ConfigurationError(f"--index {index} selects {len(frames)} frames of {path}; give a single frame")
+    if len(frames[0]) == 0:
         raise ConfigurationError(f"{path} holds an empty structure")
-    return atoms
+    return frames[0]
 
 
 def read_frames(path, index=":") -> list:
