@@ -68,12 +68,15 @@ class MLFFCalculator(Calculator):
         for layer in self.layers:
             request = layer.before(atoms_list, request)
         model_props = request.properties & {"energy", "forces", "stress", "energies", "descriptors"}
-        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance)
+        hooks = request.on_descriptors if "descriptors" in model_props else {}
+        on_descriptors = (lambda *args: {name: fn(*args) for name, fn in hooks.items()}) if hooks else None
+        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance, on_descriptors=on_descriptors)
         for res in results:
             res.setdefault("contributions", {})
         for layer in reversed(self.layers):
             results = layer.after(atoms_list, results)
         for res in results:
+            res.pop("descriptor_jobs", None)
             res["free_energy"] = res["energy"]
         return results
 

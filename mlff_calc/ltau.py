@@ -64,7 +64,7 @@ LTAU_VERSION = 1
 MANIFEST = "ltau.json"
 DISTRIBUTIONS = "distributions.npz"
 INDEX_KINDS = ("flat", "hnsw", "ivf")
-EXACT_SEARCH = ("auto", "faiss", "kdtree")
+EXACT_SEARCH = ("auto", "faiss", "kdtree", "blocked")
 #: ``exact_search="auto"`` uses a k-d tree up to this descriptor dimension. Measured
 #: (benchmarks/ltau_speed*.py, 100k atoms, 216 queries, k = 10): 9x faster than faiss's
 #: brute force for the student's 16-d descriptors, 3.3x for CHGNet's 64-d ones.
@@ -250,10 +250,12 @@ class LTAUIndex:
     sets of benchmarks/ltau_speed.py both were exact).
 
     ``exact_search`` (flat indexes only): ``"faiss"`` searches the faiss index;
-    ``"kdtree"`` searches a scipy ``cKDTree`` built from the same vectors at load
-    time (exact too, float64 distances, much faster for low-dimensional
-    descriptors on a manifold); ``"auto"`` (default): kdtree when ``dim <= 64``
-    (:data:`KDTREE_MAX_DIM`).
+    ``"kdtree"`` searches a scipy ``cKDTree`` built in the principal axes of the
+    same vectors on first use (exact too, float64 distances, much faster for low-dimensional
+    descriptors on a manifold); ``"blocked"`` computes all distances by blocked
+    matrix products with pruned top-k (:mod:`mlff_calc.knn`; exact, re-ranked
+    in float64, fast for wider descriptors); ``"auto"`` (default): kdtree when
+    ``dim <= KDTREE_MAX_DIM``, blocked above.
     """
 
     def __init__(self, descriptors, numbers, *, kind: str = "flat", per_element: bool = False, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64, ivf_nlist: int | None = None, ivf_nprobe: int = 8, center=None, exact_search: str = "auto", _indexes=None):
@@ -329,8 +331,13 @@ class LTAUIndex:
         return len(self.numbers)
 
     @property
-    def uses_kdtree(self) -> bool:
-        return self.kind == "flat" and (self.exact_search == "kdtree" or (self.exact_search == "auto" and self.dim <= KDTREE_MAX_DIM))
+    def exact_engine(self) -> str | None:
+        """What answers an exact query: ``"kdtree"``, ``"blocked"``, ``"faiss"``; None for approximate kinds."""
+        if self.kind != "flat":
+            return None
+        if self.exact_search == "auto":
+            return "kdtree" if self.dim <= KDTREE_MAX_DIM else "blocked"
+        return self.exact_search
 
     def vectors(self, key=0) -> np.ndarray:
         """The training descriptors held by faiss index ``key`` (in descriptor units, centre added back)."""
@@ -340,24 +347,22 @@ class LTAUIndex:
         return index.reconstruct_n(0, index.ntotal) + self.center
 
     def _tree(self, key):
-        """The cKDTree over the vectors of faiss index ``key`` (built on first use)."""
+        """The exact search (:mod:`mlff_calc.knn`) over the vectors of faiss index ``key``, built on first use."""
         if self._trees is None:
             self._trees = {}
         if key not in self._trees:
-            from scipy.spatial import cKDTree
+            from .knn import BlockedSearch, KDTreeSearch
 
             index = self.indexes[key]
-            self._trees[key] = cKDTree(index.reconstruct_n(0, index.ntotal).astype(np.float64), leafsize=32)
+            engine = BlockedSearch if self.exact_engine == "blocked" else KDTreeSearch
+            self._trees[key] = engine(index.reconstruct_n(0, index.ntotal))
         return self._trees[key]
 
     def _search(self, key, x, kk):
         """``(squared distances, local ids)`` of one group; missing entries are -1."""
-        if not self.uses_kdtree:
+        if self.exact_engine in (None, "faiss"):
             return self.indexes[key].search(x, kk)
-        d, local = self._tree(key).query(x.astype(np.float64), k=kk)
-        d, local = d.reshape(len(x), kk), local.reshape(len(x), kk)
-        missing = local >= self.indexes[key].ntotal
-        return np.where(missing, np.inf, d * d), np.where(missing, -1, local)
+        return self._tree(key).search(x, kk)
 
     def query(self, desc, numbers=None, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """``(ids [M, k] int64, distances [M, k] float64 in descriptor units)``, nearest first.

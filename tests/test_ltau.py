@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import si8
 
@@ -304,6 +305,62 @@ def test_layer_end_to_end_one_forward_pass(ltau_built, monkeypatch):
     squeezed.rattle(0.05, seed=5)
     r_in, r_out = calc.evaluate([atoms.copy(), squeezed])
     assert r_out["ood_score_mean"] > r_in["ood_score_mean"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_overlapped_lookup_equals_lookup_after_the_pass(ltau_built, monkeypatch, workers):
+    """The lookup started between forward and backward pass gives the same numbers, per structure of a batch."""
+    import pickle
+
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ltau import PER_ATOM, PER_STRUCTURE, LTAULayer
+
+    student, ltau, _ = ltau_built
+    seen, order = [], []
+    original = student.evaluate
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **kw: order.append("backward") or grad(*a, **kw))
+
+    def spy(atoms_list, props, **kw):
+        hook = kw.get("on_descriptors")
+        if hook is not None:  # record what the adapter hands the layer, and when
+            kw["on_descriptors"] = lambda desc, numbers, n_atoms: seen.append((desc.shape, numbers.tolist(), list(n_atoms))) or order.append("lookup") or hook(desc, numbers, n_atoms)
+        return original(atoms_list, props, workers=workers, **kw)
+
+    monkeypatch.setattr(student, "evaluate", spy)
+    frames = [si8() for _ in range(3)]
+    for i, a in enumerate(frames):
+        a.rattle(0.04, seed=10 + i)
+    frames.append(si8(5.2))
+    overlapped = MLFFCalculator(student, layers=[LTAULayer(ltau)]).evaluate(frames, ("energy", "forces", "stress"))
+    passes = 1 if workers == 1 else len(frames)
+    if workers == 1:
+        assert order == ["lookup", "backward"]  # the lookup starts before the backward pass
+    assert len(seen) == passes and all(s[0] == (8 * len(frames) // passes, ltau.index.dim) for s in seen)
+    assert sum(len(s[2]) for s in seen) == len(frames) and all(n == 8 for s in seen for n in s[2])
+    seen.clear()
+    after = MLFFCalculator(student, layers=[LTAULayer(ltau, overlap=False)]).evaluate(frames, ("energy", "forces", "stress"))
+    assert not seen  # without overlap nothing is started early
+    for a, b in zip(overlapped, after):
+        assert "descriptor_jobs" not in a
+        for key in PER_ATOM + PER_STRUCTURE + ("energy", "forces", "stress"):
+            np.testing.assert_array_equal(a[key], b[key])
+    assert overlapped[3]["ood_score_mean"] != overlapped[0]["ood_score_mean"]  # rows were not mixed up
+    clone = pickle.loads(pickle.dumps(LTAULayer(ltau)))  # a layer with a started thread still pickles
+    assert clone._pool is None
+
+
+def test_overlapped_lookup_raises_in_the_calling_thread(ltau_built):
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.errors import ArtifactError
+    from mlff_calc.layers.ltau import LTAULayer
+
+    student, ltau, _ = ltau_built
+    layer = LTAULayer(ltau)
+    calc = MLFFCalculator(student, layers=[layer])
+    layer.ltau = synthetic_ltau(model_id=student.model_id, dim=ltau.index.dim + 1)  # swapped after bind
+    with pytest.raises(ArtifactError, match="dimensional descriptors"):
+        calc.evaluate([si8()])
 
 
 def test_extxyz_round_trip(ltau_built, tmp_path):

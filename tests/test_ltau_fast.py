@@ -115,7 +115,7 @@ def test_centred_flat_and_kdtree_searches_are_exact_on_model_like_descriptors():
     train = manifold(20000, seed=1, spread=0.002)
     query = manifold(40, seed=2, spread=0.002)
     want, want_d = brute(train, query, 10)
-    for search in ("faiss", "kdtree"):
+    for search in ("faiss", "kdtree", "blocked"):
         index = LTAUIndex(train, np.ones(20000), exact_search=search)
         assert np.linalg.norm(index.vectors(0).mean(axis=0) - train.mean(axis=0)) < 1e-4
         assert np.abs(index.indexes[0].reconstruct_n(0, 20000).mean(axis=0)).max() < 1e-4  # stored centred
@@ -124,13 +124,14 @@ def test_centred_flat_and_kdtree_searches_are_exact_on_model_like_descriptors():
         np.testing.assert_allclose(d, want_d, rtol=1e-3, atol=1e-6)
 
 
-def test_kdtree_search_matches_brute_force_and_handles_small_groups():
+@pytest.mark.parametrize("search", ["kdtree", "blocked"])
+def test_exact_search_matches_brute_force_and_handles_small_groups(search):
     rng = np.random.default_rng(7)
     train = rng.normal(size=(300, 6))
     numbers = rng.choice([8, 14], size=300)
     numbers[:2] = 1  # two hydrogens only
-    index = LTAUIndex(train, numbers, per_element=True, exact_search="kdtree")
-    assert index.uses_kdtree
+    index = LTAUIndex(train, numbers, per_element=True, exact_search=search)
+    assert index.exact_engine == search
     q = rng.normal(size=(9, 6))
     qn = np.array([8, 14, 1, 8, 14, 1, 8, 14, 6])
     ids, d = index.query(q, qn, k=4)
@@ -145,8 +146,9 @@ def test_kdtree_search_matches_brute_force_and_handles_small_groups():
         assert np.all(ids[r, w.shape[1] :] == -1)
     ids1, _ = index.query(q[:1], qn[:1], k=1)
     assert ids1.shape == (1, 1)
-    assert LTAUIndex(train, numbers, exact_search="auto").uses_kdtree  # 6-d: auto picks the tree
-    assert not LTAUIndex(rng.normal(size=(50, 80)), np.ones(50)).uses_kdtree  # 80-d: faiss
+    assert LTAUIndex(train, numbers, exact_search="auto").exact_engine == "kdtree"  # 6-d: auto picks the tree
+    assert LTAUIndex(rng.normal(size=(50, 80)), np.ones(50)).exact_engine == "blocked"  # 80-d: matrix products
+    assert LTAUIndex(train, numbers, kind="hnsw").exact_engine is None
     with pytest.raises(ConfigurationError):
         LTAUIndex(train, numbers, exact_search="ball")
 

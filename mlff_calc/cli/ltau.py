@@ -71,7 +71,7 @@ def _add_build(p) -> None:
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth; default: 64")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells; default: sqrt(training atoms)")
     p.add_argument("--nprobe", type=int, default=8, help="IVF cells scanned per query; default: 8")
-    p.add_argument("--exact-search", default="auto", choices=["auto", "faiss", "kdtree"], help="search of a flat index: faiss or a k-d tree (auto: k-d tree up to 64 descriptor dimensions)")
+    p.add_argument("--exact-search", default="auto", choices=["auto", "faiss", "kdtree", "blocked"], help="search of a flat index: faiss, a k-d tree in principal axes, or blocked matrix products (auto: k-d tree up to 64 descriptor dimensions, blocked above)")
     add_model_options(p, layers=False)
     p.set_defaults(model=None)
     for action in p._actions:

@@ -7,6 +7,12 @@ A calculation runs ``before`` hooks in order, one batched adapter call, then the
     results = adapter.evaluate(atoms_list, request.properties, cutoff=request.cutoff)
     for layer in reversed(layers): results = layer.after(atoms_list, results)
 
+A layer that works on per-atom descriptors can put a callable in
+``request.on_descriptors[name]``: the adapter calls it with the descriptors as
+soon as the forward pass has made them, before the backward pass, and the
+layer finds its return value in ``result["descriptor_jobs"]`` (so work on
+another thread overlaps the backward pass).
+
 A layer checks at :meth:`Layer.bind` time that the adapter offers what it needs,
 so a mismatch fails when the calculator is built, not on its first call.
 """
@@ -24,6 +30,8 @@ class Request:
 
     properties: set[str] = field(default_factory=lambda: {"energy", "forces"})
     cutoff: float | None = None
+    #: layer name -> ``fn(descriptors [N, d] float32, numbers [N], n_atoms per structure)``
+    on_descriptors: dict = field(default_factory=dict)
 
 
 class Layer:

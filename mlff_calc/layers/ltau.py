@@ -19,12 +19,18 @@ keeps them (extxyz writes 8 decimals). In ``calc.evaluate(atoms_list)`` those ar
 ``atoms.calc = calc`` ASE evaluates a copy (``calc.atoms``), so use
 ``mlff_calc.workflows.snapshot(atoms)`` or :func:`annotate` with ``calc.results``.
 
+The k-NN lookup and averaging start on the layer's own thread as soon as the
+forward pass has made the descriptors, and run while torch computes forces
+and stress (the backward pass); on a machine with a free core the layer's
+cost is then mostly hidden. ``overlap=False`` does the lookup after the pass.
+
 :class:`UncertaintyMonitor` is attached with ``dyn.attach(monitor, interval=n)``.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +70,7 @@ class LTAULayer(Layer):
     name = "ltau"
     provides = PER_ATOM + PER_STRUCTURE
 
-    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = True):
+    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = True, overlap: bool = True):
         if not (isinstance(tolerance_eV_per_A, (int, float, np.floating)) and np.isfinite(tolerance_eV_per_A) and tolerance_eV_per_A > 0):
             raise ConfigurationError(f"tolerance_eV_per_A must be a finite number > 0, not {tolerance_eV_per_A!r}")
         if k is not None and int(k) < 1:
@@ -76,7 +82,12 @@ class LTAULayer(Layer):
         self.k = ltau.k if k is None else int(k)
         self.scale = ltau.calibration.scale if scale is None else float(scale)
         self.annotate = bool(annotate)
+        self.overlap = bool(overlap)
         self._bound = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self):  # a thread pool does not pickle; the copy makes its own
+        return {**self.__dict__, "_pool": None}
 
     @classmethod
     def from_dir(cls, path, tolerance_eV_per_A: float = 0.05, **kwargs) -> "LTAULayer":
@@ -96,7 +107,22 @@ class LTAULayer(Layer):
         # descriptors asked for by this layer only are dropped from the results again
         self._keep_descriptors = "descriptors" in request.properties
         request.properties.add("descriptors")
+        if self.overlap:
+            request.on_descriptors[self.name] = self._start
         return request
+
+    def _start(self, desc, numbers, n_atoms):
+        """Called by the adapter between forward and backward pass: start the lookup on this layer's thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltau", initializer=_one_faiss_thread)
+        return self._pool.submit(self._predict, desc, numbers, n_atoms)
+
+    def _predict(self, desc, numbers, n_atoms) -> tuple:
+        """``(Prediction of all atoms, row bounds per structure)`` of one forward pass."""
+        if desc.shape[1] != self.ltau.index.dim:
+            raise ArtifactError(f"the model gives {desc.shape[1]}-dimensional descriptors; LTAU index {self.ltau.path} holds {self.ltau.index.dim}")
+        pred = self.ltau.predict(desc, numbers, tolerance=self.tolerance, k=self.k, scale=self.scale)
+        return pred, np.cumsum([0, *n_atoms])
 
     def after(self, atoms_list, results: list[dict]) -> list[dict]:
         out = [self._one(atoms, res) for atoms, res in zip(atoms_list, results)]
@@ -107,29 +133,40 @@ class LTAULayer(Layer):
 
     def _one(self, atoms, res: dict) -> dict:
         res = dict(res)
-        desc = res.get("descriptors")
-        if desc is None:
-            raise MLFFError("the LTAU layer got no descriptors from the forward pass")
-        if desc.shape[1] != self.ltau.index.dim:
-            raise ArtifactError(f"the model gives {desc.shape[1]}-dimensional descriptors; LTAU index {self.ltau.path} holds {self.ltau.index.dim}")
-        pred = self.ltau.predict(desc, atoms.numbers, tolerance=self.tolerance, k=self.k, scale=self.scale)
-        res["forces_uncertainty"] = pred.expected
-        res["forces_error_probability_below_tol"] = pred.probability_below
-        res["forces_error_interval"] = pred.interval
-        res["ood_score"] = pred.ood_score
+        jobs, b = res.get("descriptor_jobs", ({}, 0))
+        if self.name in jobs:
+            pred, bounds = jobs[self.name].result()
+            rows = slice(bounds[b], bounds[b + 1])
+        else:
+            desc = res.get("descriptors")
+            if desc is None:
+                raise MLFFError("the LTAU layer got no descriptors from the forward pass")
+            pred, _ = self._predict(desc, atoms.numbers, [len(atoms)])
+            rows = slice(None)
+        res["forces_uncertainty"] = pred.expected[rows]
+        res["forces_error_probability_below_tol"] = pred.probability_below[rows]
+        res["forces_error_interval"] = pred.interval[rows]
+        res["ood_score"] = pred.ood_score[rows]
         for key in ("forces_uncertainty", "forces_error_probability_below_tol", "ood_score"):
             res[f"{key}_max"] = float(np.max(res[key]))
             res[f"{key}_mean"] = float(np.mean(res[key]))
-        res["forces_error_probability_below_tol_min"] = float(np.min(pred.probability_below))
-        res["forces_error_interval_max"] = float(np.max(pred.interval[:, 1]))
-        res["forces_error_interval_mean"] = float(np.mean(pred.interval[:, 1]))
+        res["forces_error_probability_below_tol_min"] = float(np.min(res["forces_error_probability_below_tol"]))
+        res["forces_error_interval_max"] = float(np.max(res["forces_error_interval"][:, 1]))
+        res["forces_error_interval_mean"] = float(np.mean(res["forces_error_interval"][:, 1]))
         res["contributions"] = {**res.get("contributions", {}), self.name: 0.0}
         if self.annotate:
             annotate(atoms, res)
         return res
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": str(self.ltau.path) if self.ltau.path else None, "k": self.k, "scale": self.scale, "tolerance_eV_per_A": self.tolerance, "index": self.ltau.index.kind, "n_train_atoms": self.ltau.index.ntotal}
+        return {"name": self.name, "path": str(self.ltau.path) if self.ltau.path else None, "k": self.k, "scale": self.scale, "tolerance_eV_per_A": self.tolerance, "index": self.ltau.index.kind, "n_train_atoms": self.ltau.index.ntotal, "overlap": self.overlap}
+
+
+def _one_faiss_thread() -> None:
+    """The lookup runs beside torch's backward pass: one faiss thread, not all cores."""
+    from ..ltau import _faiss
+
+    _faiss().omp_set_num_threads(1)
 
 
 def _probe_dim(adapter) -> int:

@@ -164,11 +164,11 @@ class ModelAdapter(abc.ABC):
             check_graph_size(atoms, rc, self.model_id)
         return rc
 
-    def _run(self, atoms_list, rc: float, *, forces: bool, stress: bool, descriptors: bool, create_graph: bool) -> dict:
+    def _run(self, atoms_list, rc: float, *, forces: bool, stress: bool, descriptors: bool, create_graph: bool, on_descriptors=None) -> dict:
         """One forward pass over validated structures; memory exhaustion becomes CalculationFailed."""
         need_grad = forces or stress or create_graph
         try:
-            out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad)
+            out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors)
         except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
                 raise
@@ -180,10 +180,14 @@ class ModelAdapter(abc.ABC):
         self._check_finite(out, atoms_list)
         return out
 
-    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad) -> dict:
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None) -> dict:
         with torch.enable_grad() if need_grad else torch.no_grad():
             fwd = self._forward(atoms_list, rc, stress=stress, descriptors=descriptors)
             out = {"energy": fwd.energy, "n_atoms": torch.tensor([len(a) for a in atoms_list], device=self.device)}
+            if on_descriptors is not None and fwd.descriptors is not None:
+                # started before the backward pass below, so a layer's work on them can overlap it
+                desc = np.array(fwd.descriptors.detach().cpu(), dtype=np.float32)
+                out["descriptor_jobs"] = on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), [len(a) for a in atoms_list])
             if need_grad and (forces or stress):
                 inputs = list(fwd.positions) + (list(fwd.strains) if stress else [])
                 grads = torch.autograd.grad(fwd.energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
@@ -210,7 +214,7 @@ class ModelAdapter(abc.ABC):
                 formulas = ", ".join(a.get_chemical_formula() for a in atoms_list[:3])
                 raise CalculationFailed(f"{self.model_id} returned non-finite {key} for {formulas}")
 
-    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None) -> list[dict[str, np.ndarray]]:
+    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None, on_descriptors=None) -> list[dict[str, np.ndarray]]:
         """Evaluate many structures; one dict of float64 numpy arrays per structure.
 
         Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
@@ -220,9 +224,16 @@ class ModelAdapter(abc.ABC):
         calls), so the structures are instead spread over ``workers`` threads
         (default: torch's intra-op thread count), each running single-structure
         forward passes with one intra-op thread; results are identical to single calls.
+
+        ``on_descriptors(descriptors, numbers, n_atoms)`` (with ``"descriptors"``
+        requested) is called once per forward pass, as soon as the descriptors
+        exist and before the backward pass for forces and stress; its return value
+        (e.g. a Future of work done on another thread) is handed back in each
+        structure's result as ``descriptor_jobs`` ``(value, index of the structure
+        in that pass)``.
         """
         props = set(properties)
-        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, create_graph=False)
+        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, create_graph=False, on_descriptors=on_descriptors)
         rc = self._validate(atoms_list, stress=kwargs["stress"], cutoff=cutoff, min_distance=min_distance)  # before any work
         workers = torch.get_num_threads() if workers is None else workers
         if self.device.type != "cpu" or workers <= 1 or len(atoms_list) <= 1:
@@ -304,6 +315,8 @@ def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[
     energy = np64(out["energy"])
     bounds = np.cumsum([0, *n_atoms])
     for b, res in enumerate(results):
+        if "descriptor_jobs" in out:
+            res["descriptor_jobs"] = (out["descriptor_jobs"], b)
         res["energy"] = float(energy[b])
         res["free_energy"] = float(energy[b])
         for key in ("forces", "energies", "descriptors"):
