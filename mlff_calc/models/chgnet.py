@@ -2,8 +2,9 @@
 
 Upstream quirks hidden here:
 - ``CHGNetCalculator`` converts every call ASE -> pymatgen ``Structure`` and asks
-  pymatgen for neighbours. We build CHGNet's own ``CrystalGraph`` straight from
-  our neighbour list and CHGNet's C graph builder, which skips that round trip.
+  pymatgen for neighbours, then builds the graph through Python edge objects.
+  We build CHGNet's own ``CrystalGraph`` straight from our neighbour list with
+  numpy (:mod:`.chgnet_graph`), which skips that round trip.
 - CHGNet 0.3.0 is intensive: its head predicts energy per atom; we return totals.
 - CHGNet reports stress in GPa; we return eV/Å³ from the same strain derivative.
 - Inputs are float32 only (``chgnet.model.model.TORCH_DTYPE``).
@@ -24,6 +25,7 @@ from .._scope import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter
+from .chgnet_graph import angles, bonds
 
 
 class CHGNetAdapter(ModelAdapter):
@@ -66,9 +68,9 @@ class CHGNetAdapter(ModelAdapter):
         i, j, shifts = neighbor_list(atoms, cutoff)
         cell = atoms.cell.array if atoms.pbc.all() else bounding_cell(atoms, cutoff)
         dist = np.linalg.norm(atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1)
-        graph = self._converter.create_graph(len(atoms), i, j, shifts, dist)
-        atom_graph, d2u = graph.adjacency_list()
-        bond_graph, u2d = graph.line_graph_adjacency_list(cutoff=min(self._bond_cutoff, cutoff))
+        d2u, u2d = bonds(i, j, shifts)
+        bond_graph = angles(i, dist, d2u, min(self._bond_cutoff, cutoff))
+        atom_graph = np.stack([i, j], axis=1)
         dev, f32, i32 = self.device, torch.float32, torch.int32
         lattice = torch.tensor(cell, dtype=f32, device=dev)
         frac = torch.tensor(atoms.positions @ np.linalg.inv(cell), dtype=f32, device=dev)
