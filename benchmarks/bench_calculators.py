@@ -19,8 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
 
@@ -29,7 +29,7 @@ from mlff_calc.models.base import split_results
 SHARED = Path(os.environ.get("MLFF_CALC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
-def rattled_si(n_rep: int, seed: int) -> "Atoms":
+def rattled_si(n_rep: int, seed: int) -> Atoms:
     atoms = bulk("Si", "diamond", 5.43, cubic=True) * (n_rep, n_rep, n_rep)
     atoms.rattle(0.05, seed=seed)
     return atoms

@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
 
@@ -59,7 +60,7 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def si_cell(n_rep: int, a: float = 5.43) -> "Atoms":
+def si_cell(n_rep: int, a: float = 5.43) -> Atoms:
     return bulk("Si", "diamond", a, cubic=True) * (n_rep, n_rep, n_rep)
 
 

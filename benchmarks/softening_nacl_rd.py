@@ -11,7 +11,6 @@ CHGNet always; M3GNet-MP-2021.2.8 when mlff_calc.models.m3gnet and the shared mo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -148,7 +148,6 @@ def main():
     warnings.filterwarnings("ignore")
     import mlff_calc
     from mlff_calc import distill, ttt
-    from mlff_calc.calculator import MLFFCalculator
     from mlff_calc.layers.ttt import TTTLayer
 
     out = args.out
