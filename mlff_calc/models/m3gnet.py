@@ -179,9 +179,13 @@ class M3GNetAdapter(ModelAdapter):
         Left to itself, matgl's PyG M3GNet enumerates bond pairs with a Python loop
         over atoms (~7 ms per 64-atom cell, holding the GIL); its tensor port gives
         the same indices. Distances come from the same matgl function as the
-        model's, so the cutoff test agrees bond for bond (matgl checks it).
+        model's, so the cutoff test agrees bond for bond (matgl checks it). A matgl
+        without that builder gets ``None`` (matgl then builds the graph itself).
         """
-        from matgl.graph._compute import compute_pair_vector_and_distance, create_line_graph_torch
+        try:
+            from matgl.graph._compute import compute_pair_vector_and_distance, create_line_graph_torch
+        except ImportError:  # pragma: no cover - matgl < 4.1.2
+            return None
 
         with torch.no_grad():
             vec, dist = compute_pair_vector_and_distance(pos.detach(), edge_index, offshift.detach())
