@@ -173,7 +173,7 @@ class M3GNetAdapter(ModelAdapter):
             descriptors=node_feat if descriptors else None,
         )
 
-    def _line_graph(self, pos, edge_index, offshift) -> dict:
+    def _line_graph(self, pos, edge_index, offshift) -> dict | None:
         """M3GNet's three-body line graph from matgl's tensor-only builder.
 
         Left to itself, matgl's PyG M3GNet enumerates bond pairs with a Python loop
