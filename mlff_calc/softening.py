@@ -140,18 +140,23 @@ def read_dft_structures(path, *, index=":", forces_key: str | None = None, energ
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise InvalidStructureError(f"{path} holds no structures")
-    structures = [_labelled(atoms, k, path, forces_key, energy_key, stress_key) for k, atoms in enumerate(frames)]
+    structures = [dft_structure(atoms, f"{path.name}:{k}", where=f"frame {k} of {path}", forces_key=forces_key, energy_key=energy_key, stress_key=stress_key) for k, atoms in enumerate(frames)]
     log.info("read %d DFT structures from %s", len(structures), path)
     return DFTDataset(structures, str(path))
 
 
-def _labelled(atoms: Atoms, k: int, path, forces_key, energy_key, stress_key) -> DFTStructure:
+def dft_structure(atoms: Atoms, label: str, *, where: str | None = None, forces_key: str | None = None, energy_key: str | None = None, stress_key: str | None = None) -> DFTStructure:
+    """One DFT-labelled structure from an Atoms with forces in its calculator results or arrays.
+
+    Keys are looked up as in :func:`read_dft_structures`; ``label`` names the
+    structure in reports, ``where`` (default ``label``) in the error when forces are missing.
+    """
     results = dict(atoms.calc.results) if atoms.calc is not None else {}
     forces = _find(results, atoms.arrays, "forces", forces_key, FORCES_KEYS)
     if forces is None:
         looked = forces_key or ", ".join(FORCES_KEYS)
         raise InvalidStructureError(
-            f"frame {k} of {path} has no DFT forces (looked in calculator results and per-atom arrays {looked}); "
+            f"{where or label} has no DFT forces (looked in calculator results and per-atom arrays {looked}); "
             "a softening fit needs forces: pass forces_key= if they are stored under another name"
         )
     forces = np.asarray(forces, dtype=float).reshape(len(atoms), 3)
@@ -163,7 +168,7 @@ def _labelled(atoms: Atoms, k: int, path, forces_key, energy_key, stress_key) ->
     bare = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     if atoms.has("masses"):
         bare.set_masses(atoms.get_masses())
-    return DFTStructure(bare, forces, None if energy is None else float(energy), stress, f"{Path(path).name}:{k}")
+    return DFTStructure(bare, forces, None if energy is None else float(energy), stress, label)
 
 
 def _find(results: dict, store: dict, result_name: str, key: str | None, defaults: tuple[str, ...]):

@@ -117,9 +117,9 @@ def _phonons_one(calc, atoms, params):
 
 def _softening_one(calc, atoms, params):
     """Softening of the model against the DFT forces stored with the structure (extxyz ``forces``, ``dft_forces``, ...)."""
-    from ..softening import DFTDataset, _labelled, measure
+    from ..softening import DFTDataset, dft_structure, measure
 
-    labelled = _labelled(atoms, 0, "structures", None, None, None)
+    labelled = dft_structure(atoms, "structures:0")
     report = measure(calc, DFTDataset([labelled], "screen"), subtract_reference=False)
     row = report.structures[0]
     return {"softening": float(row.s), "mae": float(row.mae), "cmae": float(row.cmae), "rmse": float(row.rmse), "n_components": int(row.n_components)}, None
