@@ -195,9 +195,7 @@ class ModelAdapter(abc.ABC):
                 n_pos = len(fwd.positions)
                 out["forces"] = -torch.cat(grads[:n_pos], dim=0)
                 if stress:
-                    virial = torch.stack(grads[n_pos:]).reshape(-1, 3, 3)
-                    sigma = virial / fwd.volumes.reshape(-1, 1, 1)
-                    out["stress"] = 0.5 * (sigma + sigma.transpose(1, 2))
+                    out["stress"] = stress_from_strain_gradient(torch.stack(grads[n_pos:]), fwd.volumes)
                 out["_positions"] = fwd.positions
         if fwd.node_energy is not None:
             out["energies"] = fwd.node_energy
@@ -298,6 +296,12 @@ class ModelAdapter(abc.ABC):
         for k in range(len(rows)):
             result[k] = -(forces[2 * k] - forces[2 * k + 1]) / (2.0 * delta)
         return result
+
+
+def stress_from_strain_gradient(d_energy_d_strain: torch.Tensor, volumes: torch.Tensor) -> torch.Tensor:
+    """Stress ``[B, 3, 3]`` (eV/Å³, positive is tensile) from dE/dε ``[B, 3, 3]`` and cell volumes ``[B]``."""
+    sigma = d_energy_d_strain.reshape(-1, 3, 3) / volumes.reshape(-1, 1, 1)
+    return 0.5 * (sigma + sigma.transpose(1, 2))
 
 
 def _is_out_of_memory(exc: RuntimeError) -> bool:

@@ -22,9 +22,10 @@ Upstream quirks hidden here:
   A forward hook on ``module.radial_embedding``, present only while such a call
   runs, applies it (to the envelope output when mace returns one separately); it
   reads the window from the calling thread, so calls at the native cutoff (on any
-  thread) are never switched and stay bitwise unchanged. A module
-  that bypasses the hook (a compiled student's copy) is not used for switched
-  calls: they run the eager module.
+  thread) are never switched and stay bitwise unchanged. A subclass whose
+  ``_call_module`` runs another copy of the module, which bypasses the hook, is
+  not used for switched calls: they run the eager module. (A compiled student
+  never gets such calls: it sends them to its eager module itself.)
 """
 
 from __future__ import annotations
@@ -109,6 +110,23 @@ def _check_switch_width(w) -> float:
     if not (w >= 0.0 and np.isfinite(w)):
         raise ConfigurationError(f"switch_width_A must be a finite width >= 0 Å (0: cut edges sharply), not {w}")
     return w
+
+
+def strained(graph: dict[str, torch.Tensor], strain: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """mace's batch dict from :meth:`MACEAdapter.graph`, with positions and cells deformed by ``I + strain``.
+
+    ``strain`` is ``[n_graphs, 3, 3]`` (None: undeformed); stress is the energy's derivative
+    with respect to it. Edge shift vectors are taken from the deformed cells.
+    """
+    batch, edge_index = graph["batch"], graph["edge_index"]
+    positions, cell = graph["positions"], graph["cell"]
+    if strain is not None:
+        deform = torch.eye(3, dtype=positions.dtype, device=positions.device) + strain
+        positions = torch.einsum("ni,nij->nj", positions, deform[batch])
+        cell = cell @ deform
+    shifts = torch.einsum("ei,eij->ej", graph["unit_shifts"], cell[batch[edge_index[0]]])
+    # prepare_graph's requires_grad_(True) on positions is a no-op here
+    return {**graph, "positions": positions, "shifts": shifts, "cell": cell.reshape(-1, 3)}
 
 
 class MACEAdapter(ModelAdapter):
@@ -203,7 +221,8 @@ class MACEAdapter(ModelAdapter):
         log.info("loaded MACE model %s", path)
         return cls(module, model_id=model_id or f"mace:{path}", device=device, dtype=dtype, head=head, source=str(path), sha256=sha256_file(path))
 
-    def _forward(self, atoms_list: Sequence[Atoms], cutoff: float, *, stress: bool, descriptors: bool) -> Forward:
+    def graph(self, atoms_list: Sequence[Atoms], cutoff: float) -> dict[str, torch.Tensor]:
+        """The unstrained batch as tensors: positions, cells, edges and their lattice shifts, species."""
         dev, dt = self.device, self.dtype
         pos, cells, edges, unit, species, counts, offset = [], [], [], [], [], [], 0
         for atoms in atoms_list:
@@ -215,44 +234,35 @@ class MACEAdapter(ModelAdapter):
             species.append(self._z_index[atoms.numbers])
             counts.append(len(atoms))
             offset += len(atoms)
-        n_graphs = len(atoms_list)
-        pos0 = torch.tensor(np.concatenate(pos), dtype=dt, device=dev)
-        cell0 = torch.tensor(np.stack(cells), dtype=dt, device=dev)
-        edge_index = torch.tensor(np.concatenate(edges, axis=1), dtype=torch.long, device=dev)
-        unit_shifts = torch.tensor(np.concatenate(unit), dtype=dt, device=dev)
         n_atoms = torch.tensor(counts, dtype=torch.long, device=dev)
-        batch = torch.repeat_interleave(torch.arange(n_graphs, device=dev), n_atoms)
-        ptr = torch.cat([n_atoms.new_zeros(1), torch.cumsum(n_atoms, 0)])
         species_t = torch.tensor(np.concatenate(species), dtype=torch.long, device=dev)
-        node_attrs = torch.nn.functional.one_hot(species_t, self._n_species).to(dt)
-
-        if stress:
-            strains = [torch.zeros(3, 3, dtype=dt, device=dev, requires_grad=True) for _ in atoms_list]
-            deform = torch.eye(3, dtype=dt, device=dev) + torch.stack(strains)
-            positions = torch.einsum("ni,nij->nj", pos0, deform[batch])
-            cell = cell0 @ deform
-        else:
-            strains, positions, cell = None, pos0.requires_grad_(True), cell0
-        shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[edge_index[0]]])
-        data = {
-            "positions": positions,  # prepare_graph's requires_grad_(True) is a no-op on it
-            "node_attrs": node_attrs,
-            "edge_index": edge_index,
-            "shifts": shifts,
-            "unit_shifts": unit_shifts,
-            "cell": cell.reshape(-1, 3),
-            "batch": batch,
-            "ptr": ptr,
-            "head": torch.full((n_graphs,), self._head, dtype=torch.long, device=dev),
+        return {
+            "positions": torch.tensor(np.concatenate(pos), dtype=dt, device=dev),
+            "cell": torch.tensor(np.stack(cells), dtype=dt, device=dev),
+            "edge_index": torch.tensor(np.concatenate(edges, axis=1), dtype=torch.long, device=dev),
+            "unit_shifts": torch.tensor(np.concatenate(unit), dtype=dt, device=dev),
+            "batch": torch.repeat_interleave(torch.arange(len(atoms_list), device=dev), n_atoms),
+            "ptr": torch.cat([n_atoms.new_zeros(1), torch.cumsum(n_atoms, 0)]),
+            "node_attrs": torch.nn.functional.one_hot(species_t, self._n_species).to(dt),
+            "head": torch.full((len(atoms_list),), self._head, dtype=torch.long, device=dev),
         }
+
+    def _forward(self, atoms_list: Sequence[Atoms], cutoff: float, *, stress: bool, descriptors: bool) -> Forward:
+        g = self.graph(atoms_list, cutoff)
+        if stress:
+            strains = [torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=True) for _ in atoms_list]
+            data = strained(g, torch.stack(strains))
+        else:
+            strains = None
+            data = strained({**g, "positions": g["positions"].requires_grad_(True)}, None)
         out = self._call_switched(data, self._switch_window(cutoff))
         feats = out["node_feats"][:, self._invariant] if descriptors else None
         return Forward(
             energy=out["energy"],
-            positions=[positions],
+            positions=[data["positions"]],
             strains=strains,
-            volumes=torch.linalg.det(cell0).abs(),
-            node_energy=out["node_energy"].to(dt),
+            volumes=torch.linalg.det(g["cell"]).abs(),
+            node_energy=out["node_energy"].to(self.dtype),
             descriptors=feats,
         )
 
@@ -268,7 +278,7 @@ class MACEAdapter(ModelAdapter):
                 out = self._call_module(data)
                 if captured["switch_applied"]:
                     return out
-                # another module ran (e.g. a compiled student's copy), without the hook
+                # another module ran (a subclass's own copy), without the hook
                 log.info("%s: the cutoff switch needs the eager module; calls below the native cutoff use it", self.model_id)
                 self._switch_bypassed = True
             out = MACEAdapter._call_module(self, data)
@@ -281,7 +291,7 @@ class MACEAdapter(ModelAdapter):
             captured.pop("switch_applied", None)
 
     def _call_module(self, data: dict) -> dict:
-        """mace's energy forward pass; a hook where students swap in a compiled copy."""
+        """mace's energy forward pass; a hook for subclasses that run another copy of the module."""
         return self.module(data, compute_force=False, compute_stress=False, training=False)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:

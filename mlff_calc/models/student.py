@@ -58,6 +58,7 @@ loaded CPU, BENCHMARKS.md); the default stays the more accurate one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -68,7 +69,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from ..errors import ArtifactError, ConfigurationError
-from .mace import MACEAdapter
+from .base import stress_from_strain_gradient
+from .mace import MACEAdapter, strained
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,38 @@ def _build(kwargs: Mapping, dtype: torch.dtype):
     return build_scaleshift_mace(**{**kwargs, "radial_mlp": tuple(kwargs["radial_mlp"])}, dtype=dtype)
 
 
+#: torch.compile can trace ``torch.autograd.grad`` into one graph (torch._dynamo's trace_autograd_ops)
+_TRACES_AUTOGRAD = hasattr(torch._dynamo.config, "trace_autograd_ops")
+
+
+def _autograd_traced():
+    """Per-thread dynamo setting for the compiled graph (patches are thread-local in torch)."""
+    if _TRACES_AUTOGRAD:
+        return torch._dynamo.config.patch(trace_autograd_ops=True)
+    return contextlib.nullcontext()
+
+
+class _EnergyForcesStress(torch.nn.Module):
+    """One student call as a single graph: energy, -∇E, the strain derivative, descriptors."""
+
+    def __init__(self, module, invariant: torch.Tensor):
+        super().__init__()
+        self.module = module
+        self.register_buffer("invariant", invariant.clone(), persistent=False)
+
+    def forward(self, graph: dict, strain: torch.Tensor | None, descriptors: bool) -> dict:
+        out = self.module(strained(graph, strain), compute_force=False, compute_stress=False, training=False)
+        energy = out["energy"]
+        wrt = [graph["positions"]] if strain is None else [graph["positions"], strain]
+        grads = torch.autograd.grad(energy.sum(), wrt)
+        result = {"energy": energy.detach(), "forces": -grads[0], "energies": out["node_energy"].detach()}
+        if strain is not None:
+            result["stress"] = stress_from_strain_gradient(grads[1], torch.linalg.det(graph["cell"]).abs())
+        if descriptors:
+            result["descriptors"] = out["node_feats"][:, self.invariant].detach()
+        return result
+
+
 class StudentAdapter(MACEAdapter):
     """A distilled ScaleShiftMACE; ``architecture`` holds the kwargs that rebuild it."""
 
@@ -125,25 +159,29 @@ class StudentAdapter(MACEAdapter):
         self.manifest = dict(manifest or {})
 
     def compile(self, *, dynamic: bool = True) -> "StudentAdapter":
-        """Run energy+forces+stress calls through a ``torch.compile``'d copy of the module.
+        """Run energy+forces+stress calls through one ``torch.compile``'d graph.
 
+        The graph holds the whole call: the strain, mace's forward pass and the
+        backward pass for forces and stress (``torch.autograd.grad`` traced into
+        it), so inductor fuses all three and no Python autograd runs per call.
         Inference only: calls that need double backward (``create_graph=True``:
-        training, Hessian rows) keep using the eager module, because compiled
-        graphs do not support it. The copy is built as mace-torch prepares models
-        for compilation (``mace.tools.compile``: e3nn code generation off, symbolic
-        tracing of the registered blocks) and holds a snapshot of the current weights; if the eager
-        weights change afterwards (training), calls fall back to the eager module.
-        The first call compiles (tens of seconds on a CPU; inductor caches it on
-        disk for later processes); results agree with the eager module to float
-        round-off (about 1e-7 relative in float32), not bitwise. Returns ``self``.
+        training, Hessian rows), energy-only calls and calls below the native
+        cutoff (the rewiring switch) keep the eager module. The compiled copy is
+        built as mace-torch prepares models for compilation (``mace.tools.compile``:
+        e3nn code generation off, symbolic tracing of the registered blocks) and
+        holds a snapshot of the current weights; if the eager weights change
+        afterwards (training), calls fall back to the eager module. The first call
+        compiles (tens of seconds on a CPU; inductor caches it on disk for later
+        processes); results agree with the eager module to float round-off (about
+        1e-7 relative in float32), not bitwise. Returns ``self``.
         """
         from .mace import mace_scope
 
         with mace_scope():
             from mace.tools.compile import disable_e3nn_codegen, simplify
 
-            # prepare() would also change torch._dynamo's process-wide config for
-            # autograd.grad inside the graph; not needed here (forces are taken outside)
+            # prepare() would also change torch._dynamo's process-wide config; the
+            # setting it needs (tracing autograd.grad) is patched per call instead
             with disable_e3nn_codegen():
                 copy = _build(self.architecture, self.dtype)
             copy = simplify(copy)
@@ -151,10 +189,10 @@ class StudentAdapter(MACEAdapter):
         missing, _extra = copy.load_state_dict(self.module.state_dict(), strict=False)
         if missing:
             raise ConfigurationError(f"cannot compile this student: the prepared module lacks {missing}")
-        copy = copy.to(device=self.device, dtype=self.dtype).eval()
-        for p in copy.parameters():
+        whole = _EnergyForcesStress(copy, self._invariant).to(device=self.device, dtype=self.dtype).eval()
+        for p in whole.parameters():
             p.requires_grad_(False)
-        self._compiled = torch.compile(copy, dynamic=dynamic)
+        self._compiled = torch.compile(whole, dynamic=dynamic, fullgraph=_TRACES_AUTOGRAD)
         self._watched = list(self.module.parameters())  # walked once: module traversal costs ~0.2 ms a call
         self._compiled_versions = self._weight_versions()
         return self
@@ -163,19 +201,32 @@ class StudentAdapter(MACEAdapter):
         watched = getattr(self, "_watched", None)
         return [p._version for p in (watched if watched is not None else self.module.parameters())]
 
-    def _compute(self, atoms_list, rc, *, create_graph, **kwargs) -> dict:
-        self._local.eager = create_graph  # double backward needs the eager module
-        return super()._compute(atoms_list, rc, create_graph=create_graph, **kwargs)
-
-    def _call_module(self, data: dict) -> dict:
+    def _compiled_for(self, rc: float, *, create_graph: bool, gradients: bool):
+        """The compiled graph if it may serve this call, else None (eager)."""
         compiled = getattr(self, "_compiled", None)
-        if compiled is None or getattr(self._local, "eager", True) or self.module.training:
-            return super()._call_module(data)
+        if compiled is None or create_graph or not gradients or self.module.training or self._switch_window(rc) is not None:
+            return None
         if self._weight_versions() != self._compiled_versions:
             log.warning("student weights changed after compile(); using the eager module (call compile() again)")
             self._compiled = None
-            return super()._call_module(data)
-        return compiled(data, compute_force=False, compute_stress=False, training=False)
+            return None
+        return compiled
+
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None) -> dict:
+        compiled = self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
+        if compiled is None:
+            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors)
+        graph = self.graph(atoms_list, rc)
+        graph["positions"].requires_grad_(True)
+        strain = torch.zeros(len(atoms_list), 3, 3, dtype=self.dtype, device=self.device, requires_grad=True) if stress else None
+        with _autograd_traced():
+            out = compiled(graph, strain, descriptors)
+        counts = [len(a) for a in atoms_list]
+        out["n_atoms"] = torch.tensor(counts, device=self.device)
+        if on_descriptors is not None and descriptors:  # no backward pass left to overlap: called after it
+            desc = np.array(out["descriptors"].cpu(), dtype=np.float32)
+            out["descriptor_jobs"] = on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), counts)
+        return out
 
     @classmethod
     def create(cls, elements: Sequence[int], *, device="cpu", dtype="float32", **kwargs) -> "StudentAdapter":
