@@ -229,7 +229,7 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     trainer = Trainer(student.module, TrainerConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, ema_decay=ema_decay, patience=patience, progress=progress))
     history = trainer.fit(step, batches, validate, on_epoch_end=on_epoch_end, steps_per_epoch=-(-len(train_items) // batch_size))
     metrics = {"valid": evaluate_items(student, valid_items), "test": evaluate_items(student, test_items), "best_epoch": history.best_epoch, "epochs_run": len(history.rows), "stopped_early": history.stopped_early, "train_time_s": history.wall_time_s}
-    config.update(architecture=student.architecture, dtype=str(student.dtype).removeprefix("torch."), kd_schedule=kd_schedule if kd_schedule is None or isinstance(kd_schedule, (int, float)) else getattr(kd_schedule, "__name__", "callable"), label_store=str(store.folder), n_train=len(train_items), n_valid=len(valid_items), n_test=len(test_items))
+    config.update(architecture=student.architecture, dtype=str(student.dtype).removeprefix("torch."), kd_schedule=kd_schedule if kd_schedule is None or isinstance(kd_schedule, (int, float)) else getattr(kd_schedule, "__name__", "callable"), label_store=str(Path(store.folder).resolve()), n_train=len(train_items), n_valid=len(valid_items), n_test=len(test_items))
     result = DistillResult(adapter=student, history=history.rows, metrics=metrics, teacher=store.teacher, training_data_sha256=store.content_sha256(), config=config, check_atoms=train_rec[0].atoms.copy(), error_log=error_log.arrays(), wall_time_s=time.perf_counter() - started)
     if out_dir is not None:
         save_student(result, out_dir)
