@@ -23,6 +23,7 @@ def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, thread
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model family's own")
     p.add_argument("--threads", type=int, default=threads_default, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster); default: " + ("the libraries' own" if threads_default is None else str(threads_default)))
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
+    p.add_argument("--compile", action="store_true", help="distilled students only: run energy/forces/stress through one torch.compile'd graph (2-3x faster calls after a compile of tens of seconds)")
     if layers:
         add_layer_options(p)
 
@@ -198,7 +199,12 @@ def load_calculator(args, *, layers: bool = True):
     import mlff_calc
 
     set_threads(getattr(args, "threads", None))
-    return mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
+    calc = mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
+    if getattr(args, "compile", False):
+        if not hasattr(calc.adapter, "compile"):
+            raise ConfigurationError(f"--compile applies to distilled students only, not to {calc.adapter.model_id} ({calc.adapter.family})")
+        calc.adapter.compile()
+    return calc
 
 
 def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict, units: dict | None = None) -> dict:

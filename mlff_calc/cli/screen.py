@@ -35,9 +35,14 @@ def build_executor(args):
 
 
 def recipe(args):
+    from ..errors import ConfigurationError
     from ..executors import ModelRecipe
+    from .options import LAYER_OPTIONS
 
-    return ModelRecipe(str(args.model), device=args.device, dtype=args.dtype, softening=(str(args.softening),) if getattr(args, "softening", None) else ())
+    other = [opt.flag for opt in LAYER_OPTIONS if opt.flag != "--softening" and getattr(args, opt.dest, None) is not None]
+    if other:
+        raise ConfigurationError(f"screen rebuilds the model on every worker with --softening as its only layer; {', '.join(other)} cannot be used here")
+    return ModelRecipe(str(args.model), device=args.device, dtype=args.dtype, softening=(str(args.softening),) if getattr(args, "softening", None) else (), compile=bool(getattr(args, "compile", False)))
 
 
 def add_arguments(p) -> None:

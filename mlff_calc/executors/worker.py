@@ -22,12 +22,16 @@ from ..errors import ConfigurationError
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """How to load a calculator anywhere: ``mlff_calc.load(model, device, dtype)`` plus softening layer files."""
+    """How to load a calculator anywhere: ``mlff_calc.load(model, device, dtype)`` plus softening layer files.
+
+    ``compile``: compile a distilled student (:meth:`StudentAdapter.compile`) once per worker.
+    """
 
     model: str
     device: str = "auto"
     dtype: str | None = None
     softening: tuple[str, ...] = field(default_factory=tuple)
+    compile: bool = False
 
     def load(self):
         import mlff_calc
@@ -37,7 +41,12 @@ class ModelRecipe:
             from ..layers.softening import SofteningLayer
 
             layers = [SofteningLayer.from_file(Path(p)) for p in self.softening]
-        return mlff_calc.load(self.model, device=self.device, dtype=self.dtype, layers=layers)
+        calc = mlff_calc.load(self.model, device=self.device, dtype=self.dtype, layers=layers)
+        if self.compile:
+            if not hasattr(calc.adapter, "compile"):
+                raise ConfigurationError(f"compile applies to distilled students only, not to {calc.adapter.model_id} ({calc.adapter.family})")
+            calc.adapter.compile()
+        return calc
 
     @classmethod
     def of(cls, calc) -> ModelRecipe:

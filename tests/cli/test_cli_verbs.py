@@ -312,6 +312,8 @@ def test_softening_measure_on_phonopy_data(work):
         (["phonons", "--supercell", "2", "2"], "give a structure file, or --reference"),
         (["md", "si.extxyz", "--threads", "0"], "--threads must be at least 1"),
         (["defect", "nacl.extxyz", "--chemical-potential-eV", "Na"], "ELEMENT=VALUE"),
+        (["singlepoint", "si.extxyz", "--compile"], "--compile applies to distilled students only"),
+        (["screen", "singlepoint", "si.extxyz", "--ltau", "idx"], "--ltau cannot be used here"),
     ],
 )
 def test_errors_exit_2_with_a_clear_message(work, capsys, argv, message):

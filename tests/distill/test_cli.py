@@ -30,6 +30,15 @@ def test_sample_label_train(tmp_path, mace_small_path, capsys):
     atoms.calc = mlff_calc.load(tmp_path / "student", device="cpu")
     assert np.isfinite(atoms.get_potential_energy())
     assert "student in" in capsys.readouterr().out
+    # a student compiled from the command line gives the eager student's numbers
+    ase.io.write(tmp_path / "rattled.extxyz", atoms)
+    rc = main(["singlepoint", str(tmp_path / "rattled.extxyz"), "--model", str(tmp_path / "student"), "--device", "cpu", "--compile", "--out-dir", str(tmp_path / "sp")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "sp" / "singlepoint-summary.json").read_text())
+    assert summary["config"]["compile"] is True
+    got = ase.io.read(tmp_path / "sp" / "rattled-results.extxyz")
+    assert abs(got.get_potential_energy() - atoms.get_potential_energy()) < 1e-8
+    np.testing.assert_allclose(got.get_forces(), atoms.get_forces(), atol=1e-8)
 
 
 def test_errors_are_reported(tmp_path, capsys):
