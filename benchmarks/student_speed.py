@@ -4,7 +4,11 @@ One energy+forces+stress call through the ASE calculator (``calc.calculate`` wit
 all changes, so nothing is cached) on rattled 64- and 216-atom diamond Si cells.
 All models are timed in the same loop, round after round (interleaved), so machine
 noise hits them alike; the first round warms up and is dropped; medians are reported
-with their ratios. The student runs eager and, separately, through
+with their ratios. With ``--calls-per-round N`` each model makes N consecutive calls
+per round and the first of each block is dropped: the steady state of MD, where one
+model runs back to back; with 1 (default) every call follows another model's, whose
+memory traffic has evicted the caches (a 64-atom compiled student call then takes
+~1 ms longer). The student runs eager and, separately, through
 ``StudentAdapter.compile()`` (torch.compile; inference only). MACE-medium has the
 published architecture with random weights (its cost does not depend on the weights).
 Cost does not depend on a student's weights either, so ``--student`` is optional:
@@ -86,11 +90,13 @@ def main() -> None:
     p.add_argument("--architecture", nargs="+", default=["default={}"], help="NAME=JSON architecture overrides of fresh students (one or more)")
     p.add_argument("--models", nargs="+", default=["chgnet", "m3gnet", "mace-medium"])
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--calls-per-round", type=int, default=1, help="consecutive calls of each model per round; above 1 the first of each block is dropped (warm caches, as in MD)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     archs = {a.split("=", 1)[0]: json.loads(a.split("=", 1)[1]) for a in args.architecture}
+    load_start = list(os.getloadavg())
     cells = {64: rattled_si(2), 216: rattled_si(3)}
     t = time.perf_counter()
     calcs = student_calcs(args.student, archs)
@@ -104,9 +110,9 @@ def main() -> None:
     for rep in range(args.repeats + 1):
         for name, calc in calcs.items():
             for n, atoms in cells.items():
-                dt = one_call(calc, atoms)
-                if rep:
-                    times[name][n].append(dt)
+                block = [one_call(calc, atoms) for _ in range(args.calls_per_round)]
+                if rep:  # with blocks, the first call (caches cold after the other models) is dropped
+                    times[name][n].extend(block[1:] if len(block) > 1 else block)
     med = {name: {n: 1e3 * statistics.median(v) for n, v in t.items()} for name, t in times.items()}
     rows = {name: {str(n): {"median_ms": med[name][n], **{f"{s} speed-up": med[name][n] / med[s][n] for s in students}} for n in cells} for name in calcs}
     for n in cells:
@@ -117,8 +123,9 @@ def main() -> None:
     if args.json:
         report = {
             "command": "OMP_NUM_THREADS=1 python benchmarks/student_speed.py " + " ".join(os.sys.argv[1:]),
-            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__, "note": "shared 2-core CPU; other jobs ran at the same time"},
+            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__, "note": "shared 2-core CPU", "load_average_at_start_and_end": [load_start, list(os.getloadavg())]},
             "repeats": args.repeats,
+            "calls_per_round": args.calls_per_round,
             "students": {name: {"architecture": calcs[name].adapter.architecture, "n_parameters": int(sum(p.numel() for p in calcs[name].adapter.module.parameters()))} for name in students},
             "compile_and_first_calls_s": compile_s,
             "median_ms_and_speedups": rows,

@@ -72,6 +72,7 @@ def _add_train(p) -> None:
     p.add_argument("--rows-per-structure", type=int, default=4, help="Hessian rows sampled per structure and step")
     p.add_argument("--row-method", default="vjp", choices=["vjp", "fd"], help="student Hessian rows by autograd VJP or finite differences")
     p.add_argument("--kd-halve-below", type=float, default=None, help="halve lambda-kd once the validation force MAE (eV/Å) falls below this")
+    p.add_argument("--architecture", default="default", choices=["default", "fast"], help="student size: 'default' (more accurate) or 'fast' (FAST_ARCHITECTURE: about half the cost of a call, about a third more force error on Si; BENCHMARKS.md §6.1); the flags below change single entries")
     p.add_argument("--channels", type=int, default=None)
     p.add_argument("--num-interactions", type=int, default=None)
     p.add_argument("--r-max", type=float, default=None, help="student cutoff (Å)")
@@ -123,7 +124,10 @@ def _run_train(args) -> dict:
     from .options import set_threads
 
     set_threads(args.threads)
-    arch = {k: v for k, v in {"channels": args.channels, "num_interactions": args.num_interactions, "r_max": args.r_max, "max_ell": args.max_ell, "correlation": args.correlation}.items() if v is not None}
+    from ..models.student import DEFAULT_ARCHITECTURE, FAST_ARCHITECTURE
+
+    preset = {"default": DEFAULT_ARCHITECTURE, "fast": FAST_ARCHITECTURE}[args.architecture]
+    arch = {**preset, **{k: v for k, v in {"channels": args.channels, "num_interactions": args.num_interactions, "r_max": args.r_max, "max_ell": args.max_ell, "correlation": args.correlation}.items() if v is not None}}
     result = train_student(args.labels, architecture=arch, dtype=args.dtype, device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, ema_decay=args.ema_decay or None, patience=args.patience, lambda_energy=args.lambda_energy, lambda_forces=args.lambda_forces, lambda_kd=args.lambda_kd, lambda_stress=args.lambda_stress, rows_per_structure=args.rows_per_structure, row_method=args.row_method, kd_schedule=args.kd_halve_below, seed=args.seed, out_dir=args.out_dir)
     test = result.metrics.get("test", {})
     print(f"student in {args.out_dir}: best epoch {result.metrics['best_epoch']}, test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å, energy MAE {1e3 * test.get('energy_mae_per_atom', float('nan')):.2f} meV/atom vs the teacher")

@@ -19,11 +19,13 @@ def test_sample_label_train(tmp_path, mace_small_path, capsys):
     assert rc == 0 and (tmp_path / "samples" / "samples.npz").exists()
     rc = main(["distill", "label", str(tmp_path / "samples"), *teacher, "--chunk-size", "4", "--n-rows", "3", "--full-hessian-max-dof", "0", "--out-dir", str(tmp_path / "labels")])
     assert rc == 0 and json.loads((tmp_path / "labels" / "labels.json").read_text())["n_structures"] == 9
-    rc = main(["distill", "train", str(tmp_path / "labels"), "--epochs", "2", "--batch-size", "4", "--channels", "8", "--num-interactions", "1", "--dtype", "float64", "--rows-per-structure", "2", "--out-dir", str(tmp_path / "student")])
+    rc = main(["distill", "train", str(tmp_path / "labels"), "--epochs", "2", "--batch-size", "4", "--architecture", "fast", "--channels", "4", "--num-interactions", "1", "--dtype", "float64", "--rows-per-structure", "2", "--out-dir", str(tmp_path / "student")])
     assert rc == 0
     for name in ("student.json", "student.pt", "error_log.npz", "train-history.json", "distill-train-summary.json"):
         assert (tmp_path / "student" / name).exists(), name
     summary = json.loads((tmp_path / "student" / "distill-train-summary.json").read_text())
+    arch = json.loads((tmp_path / "student" / "student.json").read_text())["architecture"]
+    assert arch["channels"] == 4 and arch["max_ell"] == 1 and arch["radial_mlp"] == [16]  # the fast preset, one entry changed
     assert summary["config"]["lambda_kd"] == 400.0 and "test" in summary["results"]["metrics"]
     atoms = si8()
     atoms.rattle(0.05, seed=0)
