@@ -43,7 +43,8 @@ symmetric contraction), a third in the backward pass for forces and stress, and
 under 10 % in mlff_calc (input checks 0.2 ms, matscipy neighbour list 0.5 ms,
 tensor building). Per-op overhead dominates at this size, so shrinking the
 network helps less than fusing ops: :meth:`StudentAdapter.compile` (inference
-only) cuts a call by about a third.
+only) runs the whole call, backward pass included, as one compiled graph and
+cuts a call by 55-60 %.
 
 :data:`FAST_ARCHITECTURE` (8 channels, max_ell 1, 6 Bessel functions, radial MLP
 [16]; 712 parameters for Si) is the cheapest variant measured. Same budget and
@@ -51,9 +52,10 @@ method on the Si set of ``benchmarks/student_dft.py`` (201 CHGNet-labelled
 configurations at the VASP lattice constant), test force MAE against CHGNet:
 default 0.0390, 8 channels / max_ell 2 / 6 Bessel / MLP [16] 0.0438, 16 channels
 / max_ell 1 0.0477, FAST 0.0517 eV/Å. Trained with the Hessian term: Si 0.0390
-(default) vs 0.0517 (FAST), NaCl 0.0304 vs 0.0322. Compiled, FAST is the only
-variant measured near 20x CHGNet's speed on 64 atoms (17-23x in two runs on a
-loaded CPU, BENCHMARKS.md); the default stays the more accurate one.
+(default) vs 0.0517 (FAST), NaCl 0.0304 vs 0.0322. Compiled, FAST is 22-26x
+faster than CHGNet on 64 atoms and 43-45x on 216 (quiet CPU, BENCHMARKS.md
+§6.1); the compiled default 15-18x and 25-26x. The default stays the more
+accurate one.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ DEFAULT_ARCHITECTURE = {
     "radial_mlp": [32, 32],
     "mlp_irreps": "16x0e",
 }
-#: the cheapest measured variant (1.2-1.9x faster than the default when compiled; +33 % Si force error vs the teacher)
+#: the cheapest measured variant (1.4-1.8x faster than the default when compiled; +33 % Si force error vs the teacher)
 FAST_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "channels": 8, "max_ell": 1, "num_bessel": 6, "radial_mlp": [16], "mlp_irreps": "8x0e"}
 _ARCH_KEYS = set(DEFAULT_ARCHITECTURE) | {"atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift", "seed"}
 
