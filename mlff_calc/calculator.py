@@ -51,6 +51,8 @@ class MLFFCalculator(Calculator):
         return f"MLFFCalculator({self.adapter!r}, layers=[{names}])"
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes):
+        if not system_changes and self.results and self._complete(set(properties) - set(self.results)):
+            return  # outputs a layer deferred, computed now for the same atoms without a model call
         super().calculate(atoms, properties, system_changes)
         unknown = set(properties) - set(self.implemented_properties)
         if unknown:
@@ -59,6 +61,21 @@ class MLFFCalculator(Calculator):
         if self.atoms.pbc.all():
             want.add("stress")
         self.results = self.evaluate([self.atoms], want)[0]
+
+    def complete_results(self) -> dict:
+        """``results`` with every output a layer deferred (e.g. ``LTAULayer(on_demand=True)``) added; no model call."""
+        if self.results and self.atoms is not None:
+            for layer in self.layers:
+                if not set(layer.deferrable) <= set(self.results):
+                    layer.complete(self.atoms, self.results)
+        return self.results
+
+    def _complete(self, missing: set) -> bool:
+        """Fill ``missing`` from the layers that deferred them for the current atoms; False if they cannot."""
+        layers = [layer for layer in self.layers if missing & set(layer.deferrable)]
+        if not missing or not layers or not missing <= set().union(*(layer.deferrable for layer in layers)):
+            return False
+        return all(layer.complete(self.atoms, self.results) for layer in layers)
 
     def evaluate(self, atoms_list: Sequence[Atoms], properties=("energy", "forces")) -> list[dict]:
         """Batched evaluation of many structures with all layers applied (one forward pass)."""

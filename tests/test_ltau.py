@@ -426,6 +426,53 @@ def test_monitor_stops_run_over_threshold(ltau_built, tmp_path):
     assert md3.nsteps == 6 and len(mon3.history) == 4 and not mon3.stopped and mon3.max_value > 0
 
 
+def test_on_demand_lookup_runs_only_when_asked_for_and_without_a_model_call(ltau_built, monkeypatch, tmp_path):
+    from ase.md.verlet import VelocityVerlet
+
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ltau import PER_ATOM, PER_STRUCTURE, LTAULayer, UncertaintyMonitor
+    from mlff_calc.workflows import snapshot
+
+    student, ltau, out = ltau_built
+    layer = LTAULayer.from_dir(out / "ltau", on_demand=True)
+    calc = MLFFCalculator(student, layers=[layer])
+    model_calls, lookups = [], []
+    original, predict = student.evaluate, layer._predict
+    monkeypatch.setattr(student, "evaluate", lambda *a, **kw: model_calls.append(1) or original(*a, **kw))
+    monkeypatch.setattr(layer, "_predict", lambda *a: lookups.append(1) or predict(*a))
+    atoms = si8()
+    atoms.rattle(0.05, seed=21)
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    assert len(model_calls) == 1 and not lookups and "forces_uncertainty" not in calc.results
+    u_max = calc.get_property("forces_uncertainty_max", atoms)  # same atoms: the lookup, no model call
+    assert len(model_calls) == 1 and len(lookups) == 1
+    eager = MLFFCalculator(student, layers=[LTAULayer(ltau)]).evaluate([atoms.copy()], ("energy", "forces"))[0]
+    model_calls.clear(), lookups.clear()
+    assert u_max == eager["forces_uncertainty_max"]
+    for key in PER_ATOM + PER_STRUCTURE:
+        np.testing.assert_array_equal(calc.results[key], eager[key])
+    np.testing.assert_array_equal(forces, eager["forces"])
+    atoms.positions[0, 0] += 0.01  # moved atoms: a new model call, then the lookup for them
+    calc.get_property("forces_uncertainty", atoms)
+    assert len(model_calls) == 1 and len(lookups) == 1
+    # asked for explicitly, they come with the forces from one pass
+    res = calc.evaluate([atoms], ("energy", "forces", "ood_score"))[0]
+    assert "forces_uncertainty_max" in res and len(model_calls) == 2 and len(lookups) == 2
+    # MD with a monitor every 3 steps and frames written every 3 steps: one lookup per check, none in between
+    model_calls.clear(), lookups.clear()
+    md = VelocityVerlet(atoms, timestep=1.0, logfile=None)
+    monitor = UncertaintyMonitor(atoms, threshold=1e9)
+    frames = []
+    md.attach(monitor, interval=3)
+    md.attach(lambda: frames.append(snapshot(atoms)), interval=3)
+    md.run(9)
+    assert len(model_calls) == 9 and len(lookups) == 3 and len(monitor.history) == 4  # the start was evaluated and looked up above
+    assert all("forces_uncertainty" in f.arrays and f.info["forces_uncertainty_max"] > 0 for f in frames)
+    assert [f.info["forces_uncertainty_max"] for f in frames] == [v for _, v in monitor.history]
+    assert layer.describe()["on_demand"] is True
+
+
 def test_calibrate_recovers_scale():
     """Errors drawn from the training distributions times 2: calibration finds scale ~ 2."""
     rng = np.random.default_rng(5)

@@ -51,7 +51,17 @@ def test_build_then_attach_round_trip(ltau_built, ltau_store, tmp_path, capsys):
         np.testing.assert_allclose(frame.arrays["forces_error_interval"], ref["forces_error_interval"], rtol=1e-6, atol=1e-8)
         assert frame.info["ood_score_max"] == pytest.approx(ref["ood_score_max"], rel=1e-5)
     layers = json.loads((tmp_path / "sp" / "singlepoint-summary.json").read_text())["model"]["layers"]
-    assert [layer["name"] for layer in layers] == ["ltau"] and layers[0]["k"] == built.k
+    assert [layer["name"] for layer in layers] == ["ltau"] and layers[0]["k"] == built.k and layers[0]["on_demand"] is False
+    # md looks the uncertainties up for the frames it writes; each frame holds those of its positions
+    rc = main(["md", str(tmp_path / "in.extxyz"), "--index", "0", "--model", str(run), "--ltau", str(index), "--steps", "4", "--log-interval", "2", "--threads", "1", "--out-dir", str(tmp_path / "md")])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "md" / "md-summary.json").read_text())
+    assert summary["model"]["layers"][0]["on_demand"] is True
+    traj = ase.io.read(summary["outputs"]["trajectory"], ":")
+    assert len(traj) == 3  # steps 0, 2, 4
+    for frame in traj:
+        ref = calc.evaluate([frame.copy()], ("energy", "forces"))[0]
+        np.testing.assert_allclose(frame.arrays["forces_uncertainty"], ref["forces_uncertainty"], rtol=1e-6, atol=1e-8)
 
 
 def test_build_refusals(ltau_built, tmp_path, capsys, mace_small_path):  # noqa: F811

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def ltau_layer(value, args):
-    """Builder of the ``--ltau INDEX_DIR`` layer option (see mlff_calc.cli.options.LAYER_OPTIONS)."""
+    """Builder of the ``--ltau INDEX_DIR`` layer option (see mlff_calc.cli.options.LAYER_OPTIONS).
+
+    ``md`` looks uncertainties up on demand: for the trajectory frames it writes, not every step.
+    """
     from ..layers.ltau import LTAULayer
 
-    return LTAULayer.from_dir(Path(value))
+    return LTAULayer.from_dir(Path(value), on_demand=getattr(args, "verb", None) == "md")
 
 
 def add_arguments(p) -> None:
@@ -67,7 +70,7 @@ def _add_build(p) -> None:
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="exact (flat) or approximate (hnsw, ivf) search; default: flat")
     p.add_argument("--per-element", action="store_true", help="search only training atoms of the same element")
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node; default: 32")
-    p.add_argument("--ef-construction", type=int, default=80, help="HNSW build breadth; default: 80")
+    p.add_argument("--ef-construction", type=int, default=200, help="HNSW build breadth; default: 200")
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth; default: 64")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells; default: sqrt(training atoms)")
     p.add_argument("--nprobe", type=int, default=8, help="IVF cells scanned per query; default: 8")

@@ -38,6 +38,8 @@ class Layer:
     """Base class: every hook is the identity."""
 
     name = "layer"
+    #: outputs this layer may leave out of a calculation until they are asked for (:meth:`complete`)
+    deferrable: tuple[str, ...] = ()
 
     def bind(self, adapter) -> None:
         """Check the adapter offers what this layer needs; raise ConfigurationError if not."""
@@ -50,6 +52,13 @@ class Layer:
 
     def transform_hessian(self, atoms, hessian: np.ndarray) -> np.ndarray:
         return hessian
+
+    def complete(self, atoms, result: dict) -> bool:
+        """Add the outputs deferred at the last calculation of ``atoms`` to ``result``, without a model call.
+
+        False (``result`` untouched) when this layer holds nothing for exactly these atoms.
+        """
+        return False
 
     def reset(self) -> None:
         """Forget any per-system state (e.g. a chosen radius)."""

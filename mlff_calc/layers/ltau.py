@@ -23,6 +23,19 @@ The k-NN lookup and averaging start on the layer's own thread as soon as the
 forward pass has made the descriptors, and run while torch computes forces
 and stress (the backward pass); on a machine with a free core the layer's
 cost is then mostly hidden. ``overlap=False`` does the lookup after the pass.
+(A compiled student runs its forward and backward pass as one graph: the
+lookup follows it.)
+
+``on_demand=True`` defers the lookup until an uncertainty is asked for: a
+calculation that requests none of them (MD steps, optimizer steps: ASE asks
+for forces only) keeps the descriptors of its forward pass, and the lookup runs
+when ``calc.get_property("forces_uncertainty_max")`` (an
+:class:`UncertaintyMonitor`), ``calc.complete_results()`` or
+``mlff_calc.workflows.snapshot`` (trajectory frames) asks for the same atoms,
+with no second model evaluation. MD that checks the uncertainty every ``n``
+steps then pays for ``1/n`` of the lookups. Requested explicitly
+(``calc.evaluate(frames, ("energy", "forces_uncertainty"))``), they are computed
+with the forces as usual.
 
 :class:`UncertaintyMonitor` is attached with ``dyn.attach(monitor, interval=n)``.
 """
@@ -70,7 +83,7 @@ class LTAULayer(Layer):
     name = "ltau"
     provides = PER_ATOM + PER_STRUCTURE
 
-    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = True, overlap: bool = True):
+    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = True, overlap: bool = True, on_demand: bool = False):
         if not (isinstance(tolerance_eV_per_A, (int, float, np.floating)) and np.isfinite(tolerance_eV_per_A) and tolerance_eV_per_A > 0):
             raise ConfigurationError(f"tolerance_eV_per_A must be a finite number > 0, not {tolerance_eV_per_A!r}")
         if k is not None and int(k) < 1:
@@ -83,6 +96,9 @@ class LTAULayer(Layer):
         self.scale = ltau.calibration.scale if scale is None else float(scale)
         self.annotate = bool(annotate)
         self.overlap = bool(overlap)
+        self.on_demand = bool(on_demand)
+        self.deferrable = self.provides if self.on_demand else ()
+        self._deferred = None  # (positions, cell, numbers, descriptors) of the last deferred single structure
         self._bound = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -106,8 +122,9 @@ class LTAULayer(Layer):
     def before(self, atoms_list, request: Request) -> Request:
         # descriptors asked for by this layer only are dropped from the results again
         self._keep_descriptors = "descriptors" in request.properties
+        self._wanted = not self.on_demand or bool(request.properties & set(self.provides))
         request.properties.add("descriptors")
-        if self.overlap:
+        if self.overlap and self._wanted:
             request.on_descriptors[self.name] = self._start
         return request
 
@@ -125,11 +142,26 @@ class LTAULayer(Layer):
         return pred, np.cumsum([0, *n_atoms])
 
     def after(self, atoms_list, results: list[dict]) -> list[dict]:
-        out = [self._one(atoms, res) for atoms, res in zip(atoms_list, results)]
+        self._deferred = None
+        if getattr(self, "_wanted", True):
+            out = [self._one(atoms, res) for atoms, res in zip(atoms_list, results)]
+        else:  # on demand: keep what the lookup needs (single structures: the ASE calculator's case)
+            out = [dict(res) for res in results]
+            if len(atoms_list) == 1 and out[0].get("descriptors") is not None:
+                a = atoms_list[0]
+                self._deferred = (a.positions.copy(), a.cell.array.copy(), a.numbers.copy(), np.array(out[0]["descriptors"], dtype=np.float32))
         if not getattr(self, "_keep_descriptors", True):
             for res in out:
                 res.pop("descriptors", None)
         return out
+
+    def complete(self, atoms, result: dict) -> bool:
+        d = self._deferred
+        if d is None or len(atoms) != len(d[2]) or not (np.array_equal(atoms.positions, d[0]) and np.array_equal(atoms.cell.array, d[1]) and np.array_equal(atoms.numbers, d[2])):
+            return False
+        pred, _ = self._predict(d[3], d[2], [len(atoms)])
+        self._fill(atoms, result, pred, slice(None))
+        return True
 
     def _one(self, atoms, res: dict) -> dict:
         res = dict(res)
@@ -143,6 +175,10 @@ class LTAULayer(Layer):
                 raise MLFFError("the LTAU layer got no descriptors from the forward pass")
             pred, _ = self._predict(desc, atoms.numbers, [len(atoms)])
             rows = slice(None)
+        return self._fill(atoms, res, pred, rows)
+
+    def _fill(self, atoms, res: dict, pred, rows) -> dict:
+        """Write the per-atom and per-structure outputs of ``pred[rows]`` into ``res`` (and the Atoms)."""
         res["forces_uncertainty"] = pred.expected[rows]
         res["forces_error_probability_below_tol"] = pred.probability_below[rows]
         res["forces_error_interval"] = pred.interval[rows]
@@ -159,7 +195,7 @@ class LTAULayer(Layer):
         return res
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": str(self.ltau.path) if self.ltau.path else None, "k": self.k, "scale": self.scale, "tolerance_eV_per_A": self.tolerance, "index": self.ltau.index.kind, "n_train_atoms": self.ltau.index.ntotal, "overlap": self.overlap}
+        return {"name": self.name, "path": str(self.ltau.path) if self.ltau.path else None, "k": self.k, "scale": self.scale, "tolerance_eV_per_A": self.tolerance, "index": self.ltau.index.kind, "n_train_atoms": self.ltau.index.ntotal, "overlap": self.overlap, "on_demand": self.on_demand}
 
 
 def _one_faiss_thread() -> None:

@@ -153,7 +153,10 @@ def snapshot(atoms: Atoms, results: dict | None = None) -> Atoms:
     """
     frame = atoms.copy()  # copies arrays (momenta included), info and constraints
     if results is None:
-        results = atoms.calc.results if atoms.calc is not None else {}
+        calc = atoms.calc
+        if calc is not None and hasattr(calc, "complete_results"):
+            calc.complete_results()  # outputs deferred by on-demand layers belong in the frame
+        results = calc.results if calc is not None else {}
     standard, extras = {}, {}
     for key, value in _flatten(results):
         if key in _SINGLE_POINT:
