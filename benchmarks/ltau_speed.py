@@ -56,6 +56,8 @@ def parse():
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--build-threads", type=int, default=2, help="faiss threads while building HNSW/IVF (not timed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--md-interval", type=int, default=10, help="MD section: steps between uncertainty checks of the on-demand layer (0: skip the section)")
+    p.add_argument("--md-frames", type=int, default=200, help="MD section: consecutive frames timed")
     return p.parse_args()
 
 
@@ -239,8 +241,62 @@ def main():
     med = {name: 1e3 * statistics.median(v) for name, v in times.items()}
     report["timing_216_atoms_ms"] = {name: {"median_ms": m, "overhead_ms": m - med["bare"], "overhead_pct": 100 * (m / med["bare"] - 1)} for name, m in med.items()}
     print(json.dumps(report["timing_216_atoms_ms"], indent=1), flush=True)
+    if args.md_interval:
+        chosen = {name: lt for name, lt in indexes.items() if name.startswith(("exact100k_kdtree", "hnsw1M"))}
+        report["md_on_demand"] = md_timing(adapter, cell, chosen, args)
+        print(json.dumps(report["md_on_demand"], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def md_timing(adapter, cell, indexes: dict, args) -> dict:
+    """Per-step cost along consecutive MD frames: every step looked up, or on demand every ``--md-interval`` steps.
+
+    Frames come from Langevin MD (300 K, 2 fs) with the bare model. For each frame, in turn,
+    every calculator gets a fresh Atoms and computes its forces (what ASE's integrators ask
+    for); the on-demand ones are also asked for ``forces_uncertainty_max`` on every
+    ``--md-interval``-th frame, as an :class:`UncertaintyMonitor` attached with that interval would.
+    Means over all frames, and medians over blocks of ``--md-interval`` frames.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.layers.ltau import LTAULayer
+
+    atoms = cell.copy()
+    atoms.calc = MLFFCalculator(adapter)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(args.seed))
+    dyn = Langevin(atoms, 2 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(args.seed + 1))
+    dyn.run(20)
+    frames = []
+    for _ in range(args.md_frames):
+        dyn.run(1)
+        frames.append(atoms.copy())
+    n = args.md_interval
+    calcs = {"bare": (MLFFCalculator(adapter), False)}
+    for name, lt in indexes.items():
+        calcs[f"{name}_every_step"] = (MLFFCalculator(adapter, layers=[LTAULayer(lt)]), False)
+        calcs[f"{name}_on_demand_every_{n}"] = (MLFFCalculator(adapter, layers=[LTAULayer(lt, on_demand=True)]), True)
+    times = {name: [] for name in calcs}
+    for i, frame in enumerate([frames[0]] + frames):  # the first frame warms up
+        for name, (calc, on_demand) in calcs.items():
+            a = frame.copy()
+            a.calc = calc
+            t0 = time.perf_counter()
+            a.get_forces()
+            if on_demand and i % n == 0:
+                calc.get_property("forces_uncertainty_max", a)
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    out = {"frames": len(frames), "interval": n, "timestep_fs": 2.0, "temperature_K": 300}
+    bare = np.array(times["bare"])
+    for name, t in times.items():
+        t = np.array(t)
+        blocks = [t[j : j + n].sum() / bare[j : j + n].sum() for j in range(0, len(t) - n + 1, n)]
+        out[name] = {"mean_ms_per_step": 1e3 * t.mean(), "overhead_pct_of_means": 100 * (t.mean() / bare.mean() - 1), "overhead_pct_median_of_blocks": 100 * (statistics.median(blocks) - 1)}
+    return out
 
 
 if __name__ == "__main__":
