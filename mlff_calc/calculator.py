@@ -65,9 +65,7 @@ class MLFFCalculator(Calculator):
     def complete_results(self) -> dict:
         """``results`` with every output a layer deferred (e.g. ``LTAULayer(on_demand=True)``) added; no model call."""
         if self.results and self.atoms is not None:
-            for layer in self.layers:
-                if not set(layer.deferrable) <= set(self.results):
-                    layer.complete(self.atoms, self.results)
+            self._complete(set().union(*(layer.deferrable for layer in self.layers)) - set(self.results))
         return self.results
 
     def _complete(self, missing: set) -> bool:
@@ -75,7 +73,7 @@ class MLFFCalculator(Calculator):
         layers = [layer for layer in self.layers if missing & set(layer.deferrable)]
         if not missing or not layers or not missing <= set().union(*(layer.deferrable for layer in layers)):
             return False
-        return all(layer.complete(self.atoms, self.results) for layer in layers)
+        return all([layer.complete(self.atoms, self.results) for layer in layers])  # every layer tries
 
     def evaluate(self, atoms_list: Sequence[Atoms], properties=("energy", "forces")) -> list[dict]:
         """Batched evaluation of many structures with all layers applied (one forward pass)."""

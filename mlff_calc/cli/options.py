@@ -201,9 +201,9 @@ def load_calculator(args, *, layers: bool = True):
     set_threads(getattr(args, "threads", None))
     calc = mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
     if getattr(args, "compile", False):
-        if not hasattr(calc.adapter, "compile"):
-            raise ConfigurationError(f"--compile applies to distilled students only, not to {calc.adapter.model_id} ({calc.adapter.family})")
-        calc.adapter.compile()
+        from ..models.registry import compile_student
+
+        compile_student(calc.adapter, "--compile")
     return calc
 
 

@@ -43,9 +43,9 @@ class ModelRecipe:
             layers = [SofteningLayer.from_file(Path(p)) for p in self.softening]
         calc = mlff_calc.load(self.model, device=self.device, dtype=self.dtype, layers=layers)
         if self.compile:
-            if not hasattr(calc.adapter, "compile"):
-                raise ConfigurationError(f"compile applies to distilled students only, not to {calc.adapter.model_id} ({calc.adapter.family})")
-            calc.adapter.compile()
+            from ..models.registry import compile_student
+
+            compile_student(calc.adapter)
         return calc
 
     @classmethod

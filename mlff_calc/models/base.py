@@ -186,8 +186,7 @@ class ModelAdapter(abc.ABC):
             out = {"energy": fwd.energy, "n_atoms": torch.tensor([len(a) for a in atoms_list], device=self.device)}
             if on_descriptors is not None and fwd.descriptors is not None:
                 # started before the backward pass below, so a layer's work on them can overlap it
-                desc = np.array(fwd.descriptors.detach().cpu(), dtype=np.float32)
-                out["descriptor_jobs"] = on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), [len(a) for a in atoms_list])
+                out["descriptor_jobs"] = hand_descriptors(on_descriptors, fwd.descriptors, atoms_list)
             if need_grad and (forces or stress):
                 inputs = list(fwd.positions) + (list(fwd.strains) if stress else [])
                 grads = torch.autograd.grad(fwd.energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
@@ -296,6 +295,12 @@ class ModelAdapter(abc.ABC):
         for k in range(len(rows)):
             result[k] = -(forces[2 * k] - forces[2 * k + 1]) / (2.0 * delta)
         return result
+
+
+def hand_descriptors(on_descriptors, descriptors: torch.Tensor, atoms_list):
+    """``on_descriptors(descriptors as float32 numpy, atomic numbers, atoms per structure)``: the layer hook's call."""
+    desc = np.array(descriptors.detach().cpu(), dtype=np.float32)
+    return on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), [len(a) for a in atoms_list])
 
 
 def stress_from_strain_gradient(d_energy_d_strain: torch.Tensor, volumes: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,13 @@ def load_adapter(model: str | os.PathLike = "chgnet", *, device="auto", dtype=No
     raise ModelLoadError(f"'{model}' is neither a known model name ({known}) nor an existing path")
 
 
+def compile_student(adapter, option: str = "compile") -> None:
+    """``adapter.compile()`` for a distilled student; ConfigurationError naming ``option`` for any other model."""
+    if not hasattr(adapter, "compile"):
+        raise ConfigurationError(f"{option} applies to distilled students only, not to {adapter.model_id} ({adapter.family})")
+    adapter.compile()
+
+
 def verify_fingerprint(adapter, spec: ModelSpec, tol: float = 2e-3) -> None:
     """Refuse weights that load but evaluate wrongly (e.g. a renamed legacy checkpoint)."""
     from .fingerprints import FINGERPRINT_STRUCTURES

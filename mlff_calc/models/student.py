@@ -71,7 +71,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from ..errors import ArtifactError, ConfigurationError
-from .base import stress_from_strain_gradient
+from .base import hand_descriptors, stress_from_strain_gradient
 from .mace import MACEAdapter, strained
 
 log = logging.getLogger(__name__)
@@ -223,11 +223,9 @@ class StudentAdapter(MACEAdapter):
         strain = torch.zeros(len(atoms_list), 3, 3, dtype=self.dtype, device=self.device, requires_grad=True) if stress else None
         with _autograd_traced():
             out = compiled(graph, strain, descriptors)
-        counts = [len(a) for a in atoms_list]
-        out["n_atoms"] = torch.tensor(counts, device=self.device)
+        out["n_atoms"] = torch.tensor([len(a) for a in atoms_list], device=self.device)
         if on_descriptors is not None and descriptors:  # no backward pass left to overlap: called after it
-            desc = np.array(out["descriptors"].cpu(), dtype=np.float32)
-            out["descriptor_jobs"] = on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), counts)
+            out["descriptor_jobs"] = hand_descriptors(on_descriptors, out["descriptors"], atoms_list)
         return out
 
     @classmethod
