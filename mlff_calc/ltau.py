@@ -69,9 +69,9 @@ EXACT_SEARCH = ("auto", "faiss", "kdtree", "blocked")
 #: (benchmarks/ltau_speed*.py, 100k atoms, 216 queries, k = 10): 9x faster than faiss's
 #: brute force for the student's 16-d descriptors, 3.3x for CHGNet's 64-d ones.
 KDTREE_MAX_DIM = 64
-#: HNSW build breadth. Measured on 1M student descriptors (16-d, benchmarks/ltau_speed.py), M 32:
-#: efConstruction 80 needed efSearch 24 for recall@10 >= 0.95 (7.9 ms for 216 queries, built in 38 s),
-#: 200 needed efSearch 20 (5.2 ms, built in 93 s on 2 threads): the graph is built once, searched every call.
+#: HNSW build breadth. Measured on 1M student descriptors (16-d, benchmarks/ltau_hnsw_build.py), M 32:
+#: efConstruction 80 needed efSearch 24 for recall@10 >= 0.95 (5.8 ms for 216 queries, built in 36 s),
+#: 200 needed efSearch 20 (5.1 ms, built in 97 s on 2 threads): the graph is built once, searched every call.
 HNSW_EF_CONSTRUCTION = 200
 
 

@@ -44,7 +44,7 @@ under 10 % in mlff_calc (input checks 0.2 ms, matscipy neighbour list 0.5 ms,
 tensor building). Per-op overhead dominates at this size, so shrinking the
 network helps less than fusing ops: :meth:`StudentAdapter.compile` (inference
 only) runs the whole call, backward pass included, as one compiled graph and
-cuts a call by 55-60 %.
+cuts a call by 53-59 % (BENCHMARKS.md §6.1).
 
 :data:`FAST_ARCHITECTURE` (8 channels, max_ell 1, 6 Bessel functions, radial MLP
 [16]; 712 parameters for Si) is the cheapest variant measured. Same budget and
