@@ -79,6 +79,8 @@ class ModelAdapter(abc.ABC):
     supported_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
     #: whether the backend's energy supports double backward (Hessian by autograd)
     double_backward: bool = True
+    #: neighbour search: ``"auto"`` (vesin on CUDA, matscipy on CPU), ``"vesin"`` or ``"matscipy"``
+    neighbor_backend: str = "auto"
 
     def __init__(self, module: torch.nn.Module, *, model_id: str, device, dtype, cutoff: float, elements, source: str | None = None, sha256: str | None = None):
         self._device = resolve_device(device)
