@@ -2,6 +2,8 @@
 
 One run writes one JSON file (and prints it as the last stdout line):
 
+- ``neighbors``: one neighbour search (5 Å) of 64, 216 and 1,000 Si atoms, matscipy
+  on the CPU against vesin on ``--device`` (sorted, as the adapters get them).
 - ``agreement``: every family (CHGNet, M3GNet, MACE-MP-0-medium architecture, a
   default student), plain and with a softening layer, on ``--device`` against the
   CPU: max |ΔE|/atom, |ΔF|, |Δσ|. On ``--device cpu`` the device side searches its
@@ -108,6 +110,29 @@ def agreement(device: str, quick: bool) -> dict:
                 }
         except Exception as exc:  # recorded; the suite goes on
             out[name] = failure(exc)
+    return out
+
+
+def neighbors(device: str, quick: bool) -> dict:
+    """Neighbour search at the native cutoffs' scale (5 Å): matscipy on the CPU against vesin on ``device``."""
+    from mlff_calc.neighbors import device_neighbor_list, neighbor_list
+
+    def median_ms(fn, repeats=20):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+        return 1e3 * float(np.median(times))
+
+    out = {}
+    for n_rep in (2, 3, 5):
+        atoms = si(n_rep)
+        matscipy = median_ms(lambda: neighbor_list(atoms, 5.0))
+        vesin = median_ms(lambda: device_neighbor_list(atoms, 5.0, device, backend="vesin"))
+        out[str(len(atoms))] = {"matscipy_cpu_ms": matscipy, f"vesin_{device}_ms": vesin, "pairs": int(len(neighbor_list(atoms, 5.0)[0]))}
     return out
 
 
@@ -243,14 +268,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU check (<= 3 min)")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/gpu_suite_<device>[_quick].json)")
-    parser.add_argument("--sections", nargs="*", default=["agreement", "single", "batched", "md", "memory"])
+    parser.add_argument("--sections", nargs="*", default=["neighbors", "agreement", "single", "batched", "md", "memory"])
     args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)  # a shared CPU: one thread, as the other benchmarks
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_suite: CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
-    sections = {"agreement": agreement, "single": single, "batched": batched, "md": md, "memory": memory}
+    sections = {"neighbors": neighbors, "agreement": agreement, "single": single, "batched": batched, "md": md, "memory": memory}
     result = {"device": args.device, "quick": args.quick, "machine": machine(args.device), "seconds": {}}
     for name in args.sections:
         t = time.perf_counter()
