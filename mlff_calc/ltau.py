@@ -224,10 +224,10 @@ def central_interval(edges, densities=None, level: float = 0.9, *, probabilities
 
 
 def _faiss():
-    try:
+    from .optional import backend
+
+    with backend("ltau", "an LTAU index"):
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise ConfigurationError("LTAU needs the 'faiss-cpu' package") from exc
     return faiss
 
 

@@ -31,6 +31,7 @@ from ase.data import atomic_numbers
 from .._scope import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
+from ..optional import backend
 from .base import Forward, ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class M3GNetAdapter(ModelAdapter):
                 "but evaluates it wrongly (its graph convolution aggregates on the other end of each edge), so it is "
                 "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4)"
             )
-        with isolated():
+        with isolated(), backend("m3gnet", "an M3GNet model"):
             import matgl
             from matgl.apps.pes import Potential
             from matgl.models import M3GNet

@@ -42,6 +42,7 @@ from ase import Atoms
 from .._scope import isolated
 from ..errors import ConfigurationError, ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
+from ..optional import backend
 from .base import Forward, ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ class MACEAdapter(ModelAdapter):
         if not path.is_file():
             raise ModelLoadError(f"MACE model file {path} does not exist")
         with mace_scope():
-            import mace.modules  # noqa: F401  (classes the pickle refers to)
+            with backend("mace", "a MACE model"):
+                import mace.modules  # noqa: F401  (classes the pickle refers to)
 
             try:
                 module = torch.load(path, map_location="cpu", weights_only=False)
