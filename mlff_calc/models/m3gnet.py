@@ -73,7 +73,7 @@ class M3GNetAdapter(ModelAdapter):
         """A matgl model folder (``model.json``, ``model.pt``, ``state.pt``) holding an M3GNet Potential."""
         path = Path(path).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"matgl model folder {path} does not exist")
+            raise ModelLoadError(f"matgl model folder {path} does not exist (published M3GNet weights: `mlff-calc models fetch NAME`, names in `mlff-calc models`)")
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; an M3GNet model is a folder holding {', '.join(MODEL_FILES)}")
         missing = [f for f in MODEL_FILES if not (path / f).is_file()]
