@@ -197,14 +197,16 @@ def _check(path: Path, spec) -> None:
 
 def _install(ready: Path, target: Path) -> None:
     """Move a verified file or folder to ``target`` in one rename (same file system)."""
-    if target.exists():  # force: the old copy goes only once the new one is complete
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(ready, target)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(ready, target)
+    try:
+        if target.exists():  # force: the old copy goes only once the new one is complete
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old")) / target.name
+            os.replace(target, old)
+            os.replace(ready, target)
+            shutil.rmtree(old.parent, ignore_errors=True)
+        else:
+            os.replace(ready, target)
+    except OSError as exc:
+        raise ModelLoadError(f"could not move the verified download into {target}: {exc}") from exc
 
 
 def convert_legacy(src: Path, dst: Path) -> None:

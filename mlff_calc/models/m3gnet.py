@@ -87,7 +87,8 @@ class M3GNetAdapter(ModelAdapter):
             raise ModelLoadError(
                 f"{path} is a matgl-2 (DGL era) checkpoint ({'; '.join(signs)}). matgl 4 loads it without error "
                 "but evaluates it wrongly (its graph convolution aggregates on the other end of each edge), so it is "
-                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4)"
+                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4: "
+                "`mlff-calc models fetch m3gnet-mp-2021.2.8` gets or converts it)"
             )
         with isolated(), backend("m3gnet", "an M3GNet model"):
             import matgl

@@ -97,6 +97,8 @@ def test_one_file_model_needs_a_known_hash_then_lands_atomically(server, mace_sm
     assert mlff_calc.load(MACE_SMALL, device="cpu").adapter.sha256 is not None
     before = len(server.requests)
     assert fetching.fetch(MACE_SMALL, base_url=server.url) == path and len(server.requests) == before
+    assert fetching.fetch(MACE_SMALL, base_url=server.url, sha256=sha256(data), force=True) == path
+    assert len(server.requests) == before + 1 and entries(models) == [path.name] and path.read_bytes() == data
 
 
 def test_sha_mismatch_is_refused_and_leaves_nothing(server, tmp_path):
