@@ -21,7 +21,6 @@ import http.client
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -86,15 +85,17 @@ def _rebase(url: str, base: str | None) -> str:
     return base.rstrip("/") + "/" + rest
 
 
-def _download(url: str, dest: Path, expected: str, progress: bool, timeout: float) -> None:
+def _download(url: str, dest: Path, expected: str, progress: bool | None, timeout: float) -> None:
     """Stream ``url`` into ``dest``, refusing it unless complete and of sha256 ``expected``."""
-    from tqdm import tqdm
+    from .._runtime import progress_bar
 
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
+            with progress_bar(total=total, desc=dest.name, enabled=progress) as bar:
+                bar.unit, bar.unit_scale = "B", True
+                bar.refresh()
                 done = 0
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
@@ -134,7 +135,6 @@ def fetch(name: str, *, model_dir=None, base_url: str | None = None, sha256: str
         log.info("%s is already at %s", key, target)
         return target
     base = base_url if base_url is not None else os.environ.get(BASE_URL_ENV)
-    progress = sys.stderr.isatty() if progress is None else progress
     try:
         folder.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{spec.filename}.", suffix=".partial", dir=folder))
@@ -219,7 +219,7 @@ def convert_legacy(src: Path, dst: Path) -> None:
     """
     import torch
 
-    from .._scope import isolated
+    from .._runtime import isolated
     from ..optional import backend
 
     with isolated(), backend("m3gnet", "converting a matgl-2 M3GNet checkpoint"):

@@ -91,7 +91,7 @@ def test_one_file_model_needs_a_known_hash_then_lands_atomically(server, mace_sm
     path = fetching.fetch(MACE_SMALL, model_dir=models, base_url=server.url, sha256=sha256(data), progress=True)
     assert path == models / "2023-12-10-mace-128-L0_energy_epoch-249.model"
     assert path.read_bytes() == data and entries(models) == [path.name]  # no temporary folder left
-    assert "B/s" in capsys.readouterr().err  # the tqdm bar
+    assert "B/s]" in capsys.readouterr().err  # the tqdm bar, in bytes
     # load() finds it there (and never downloads); a second fetch keeps it without a request
     monkeypatch.setenv("MLFF_CALC_MODEL_DIR", str(models))
     assert mlff_calc.load(MACE_SMALL, device="cpu").adapter.sha256 is not None
