@@ -34,7 +34,7 @@ class Server:
         routes, truncate, requests = self.routes, self.truncate, self.requests
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the name http.server calls
+            def do_GET(self):  # the name http.server calls
                 requests.append(self.path)
                 body = routes.get(self.path)
                 if body is None:
