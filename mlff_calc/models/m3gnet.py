@@ -33,6 +33,7 @@ from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from ..optional import backend
 from .base import Forward, ModelAdapter
+from .family import Family, folder_with, register
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +211,6 @@ class M3GNetAdapter(ModelAdapter):
             return {}
         offsets = refs.property_offset.detach().cpu().double().numpy()
         return {atomic_numbers[s]: float(offsets[k]) for k, s in enumerate(self.module.model.element_types)}
+
+
+register(Family("m3gnet", M3GNetAdapter, folder_with("model.json", "state.pt"), "a matgl model (model.json + state.pt)", folder=True))
