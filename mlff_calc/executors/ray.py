@@ -39,7 +39,7 @@ _ENV = ("HF_HUB_OFFLINE", "MLFF_CALC_MODEL_DIR", "MLFF_CALC_SHARED", "TORCH_FORC
 
 
 def _ray():
-    from ..optional import backend
+    from .._runtime import backend
 
     with backend("ray", "the ray executor"):
         import ray

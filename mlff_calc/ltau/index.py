@@ -28,7 +28,7 @@ HNSW_EF_CONSTRUCTION = 200
 
 
 def _faiss():
-    from ..optional import backend
+    from .._runtime import backend
 
     with backend("ltau", "an LTAU index"):
         import faiss

@@ -219,8 +219,7 @@ def convert_legacy(src: Path, dst: Path) -> None:
     """
     import torch
 
-    from .._runtime import isolated
-    from ..optional import backend
+    from .._runtime import backend, isolated
 
     with isolated(), backend("m3gnet", "converting a matgl-2 M3GNet checkpoint"):
         import matgl

@@ -28,10 +28,9 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
-from ..optional import backend
 from .base import Forward, ModelAdapter
 from .family import Family, folder_with, register
 

@@ -39,10 +39,9 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ConfigurationError, ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
-from ..optional import backend
 from .base import Forward, ModelAdapter
 from .family import Family, file_ending, register
 

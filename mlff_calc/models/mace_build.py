@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..optional import backend
+from .._runtime import backend
 from .mace import mace_scope
 
 #: published MACE-MP-0 files (see mace/calculators/foundations_models.py)

@@ -58,7 +58,7 @@ def prior_calculator(prior: str | Mapping):
     spec = prior_spec(prior)
     name, params = spec["name"], spec["params"]
     if name in ("gfn1-xtb", "gfn2-xtb"):
-        from ..optional import backend
+        from .._runtime import backend
 
         with backend("ttt", f"the {name} prior"):
             from tblite.ase import TBLite
