@@ -34,7 +34,7 @@ def run(args) -> int:
     aliases = {v: k for k, v in ALIASES.items()}
     rows = []
     for name, spec in KNOWN_MODELS.items():
-        where = "chgnet wheel" if spec.bundled else (str(locate(spec)) if locate(spec) else f"missing: {spec.filename}")
+        where = "chgnet wheel" if spec.bundled else (str(locate(spec)) if locate(spec) else f"missing: {spec.filename} (mlff-calc models fetch {name})")
         status = ""
         if args.verify and (spec.bundled or locate(spec)):
             import mlff_calc

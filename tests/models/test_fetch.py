@@ -137,12 +137,14 @@ def test_cli_unknown_and_bundled_names(capsys):
     assert "unknown model 'no-such-model'" in err[0] and "needs no download" in err[1]
 
 
-def test_missing_weights_error_names_the_fetch_command(tmp_path, monkeypatch):
+def test_missing_weights_error_names_the_fetch_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFF_CALC_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))  # ~/.cache/mlff_calc/models too
     for name in (MACE_SMALL, MP2021):
         with pytest.raises(ModelLoadError, match=f"`mlff-calc models fetch {name}`"):
             mlff_calc.load(name, device="cpu")
+    assert main(["models"]) == 0
+    assert f"(mlff-calc models fetch {MP2021})" in capsys.readouterr().out
 
 
 def _shared_folder(*parts) -> Path:
