@@ -28,7 +28,7 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
@@ -73,7 +73,7 @@ class M3GNetAdapter(ModelAdapter):
         """A matgl model folder (``model.json``, ``model.pt``, ``state.pt``) holding an M3GNet Potential."""
         path = Path(path).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"matgl model folder {path} does not exist")
+            raise ModelLoadError(f"matgl model folder {path} does not exist (published M3GNet weights: `mlff-calc models fetch NAME`, names in `mlff-calc models`)")
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; an M3GNet model is a folder holding {', '.join(MODEL_FILES)}")
         missing = [f for f in MODEL_FILES if not (path / f).is_file()]
@@ -87,9 +87,10 @@ class M3GNetAdapter(ModelAdapter):
             raise ModelLoadError(
                 f"{path} is a matgl-2 (DGL era) checkpoint ({'; '.join(signs)}). matgl 4 loads it without error "
                 "but evaluates it wrongly (its graph convolution aggregates on the other end of each edge), so it is "
-                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4)"
+                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4: "
+                "`mlff-calc models fetch m3gnet-mp-2021.2.8` gets or converts it)"
             )
-        with isolated():
+        with isolated(), backend("m3gnet", "an M3GNet model"):
             import matgl
             from matgl.apps.pes import Potential
             from matgl.models import M3GNet

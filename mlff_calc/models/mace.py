@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ConfigurationError, ModelLoadError
 from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
@@ -210,7 +210,8 @@ class MACEAdapter(ModelAdapter):
         if not path.is_file():
             raise ModelLoadError(f"MACE model file {path} does not exist")
         with mace_scope():
-            import mace.modules  # noqa: F401  (classes the pickle refers to)
+            with backend("mace", "a MACE model"):
+                import mace.modules  # noqa: F401  (classes the pickle refers to)
 
             try:
                 module = torch.load(path, map_location="cpu", weights_only=False)
