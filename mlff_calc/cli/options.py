@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +15,15 @@ from typing import Callable
 import yaml
 
 from ..errors import ConfigurationError
+from .types import POSITIVE_INT, ase_index, coerce, device
 
 
 def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, threads_default: int | None = None) -> None:
     """``--model --device --dtype --threads --config`` and, with ``layers``, every option of :data:`LAYER_OPTIONS`."""
     p.add_argument("--model", default="chgnet", help="model name or path (see `mlff-calc models`); default: chgnet")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]; default: auto")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu or cuda[:N]; default: auto")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model family's own")
-    p.add_argument("--threads", type=int, default=threads_default, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster); default: " + ("the libraries' own" if threads_default is None else str(threads_default)))
+    p.add_argument("--threads", type=POSITIVE_INT, default=threads_default, help="torch and OpenBLAS CPU threads for this run; default: " + ("chosen from the structure's size (see README, Threads)" if threads_default is None else str(threads_default)))
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
     p.add_argument("--compile", action="store_true", help="distilled students only: run energy/forces/stress through one torch.compile'd graph (2-3x faster calls after a compile of tens of seconds)")
     if layers:
@@ -136,7 +138,7 @@ def restore_threads(previous: dict) -> None:
 
 def add_structure_argument(p: argparse.ArgumentParser, name: str = "structure", help: str = "input structure (any ASE-readable file: extxyz, cif, POSCAR, ...)", **kwargs) -> None:
     p.add_argument(name, type=Path, help=help, **kwargs)
-    p.add_argument("--index", default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
+    p.add_argument("--index", type=ase_index, default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
 
 
 def read_structure(path, index="-1"):
@@ -164,6 +166,12 @@ def read_frames(path, index=":") -> list:
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise ConfigurationError(f"{path} (index {index}) holds no structures")
+    for atoms in frames:
+        partial = {site: occ for site, occ in (atoms.info.get("occupancy") or {}).items() if any(abs(x - 1.0) > 1e-6 for x in occ.values())}
+        if partial:
+            site, occ = next(iter(partial.items()))
+            mix = ", ".join(f"{el} {x:g}" for el, x in occ.items())
+            raise ConfigurationError(f"{path} has partially occupied sites ({len(partial)}, e.g. site {site}: {mix}); the models need an ordered cell: build one (e.g. an ordered supercell) first")
     return frames
 
 
@@ -171,8 +179,12 @@ def add_output_options(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("mlff_results") / default_dir, help="folder for every output file")
 
 
-def apply_config(args: argparse.Namespace, parser_defaults: dict) -> argparse.Namespace:
-    """Fill options from ``--config``; flags given on the command line win. Unknown keys are rejected."""
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill options from ``--config``; flags given on the command line win.
+
+    Unknown keys are rejected; values are converted and checked by the option's
+    own type, choices and checks (mlff_calc.cli.types.coerce).
+    """
     if getattr(args, "config", None) is None:
         return args
     try:
@@ -181,24 +193,56 @@ def apply_config(args: argparse.Namespace, parser_defaults: dict) -> argparse.Na
         raise ConfigurationError(f"cannot read config {args.config}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"config {args.config} must be a mapping of option names to values")
-    known = {k for k in vars(args) if not k.startswith("_")}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and not a.dest.startswith("_") and not isinstance(a, argparse._SubParsersAction)}
     for key, value in data.items():
-        attr = key.replace("-", "_")
-        if attr not in known or attr == "config":
-            raise ConfigurationError(f"config {args.config}: unknown option '{key}'; valid: {', '.join(sorted(known - {'config'}))}")
-        if getattr(args, attr) == parser_defaults.get(attr):
-            setattr(args, attr, type(parser_defaults[attr])(value) if isinstance(parser_defaults.get(attr), Path) else value)
+        attr = str(key).replace("-", "_")
+        if attr not in actions:
+            raise ConfigurationError(f"config {args.config}: unknown option '{key}'; valid: {', '.join(sorted(actions))}")
+        action = actions[attr]
+        try:
+            value = coerce(action, value)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"config {args.config}: {key} ({(action.option_strings or [action.dest])[-1]}) {exc}") from None
+        if getattr(args, attr) == action.default:
+            setattr(args, attr, value)
     return args
 
 
-def load_calculator(args, *, layers: bool = True):
+def check_outputs(args) -> None:
+    """Before any work: the output folder (``--out-dir``) and the ``--out``/``--db`` targets must be writable."""
+    for attr in ("out_dir", "out", "db"):
+        target = getattr(args, attr, None)
+        if target is None or not isinstance(target, Path):
+            continue
+        folder = target if attr == "out_dir" or target.is_dir() else target.parent
+        writable_folder(folder, f"--{attr.replace('_', '-')} {target}")
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Raise ConfigurationError unless files can be created in ``folder`` (or, when missing, its nearest existing parent)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(f"{what}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlff-calc-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigurationError(f"{what}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def load_calculator(args, *, layers: bool = True, n_atoms: int | None = None):
     """The calculator of ``--model/--device/--dtype`` with the layers of :data:`LAYER_OPTIONS` attached.
 
-    ``layers=False`` gives the bare model (e.g. to fit a correction of it). Also applies ``--threads``.
+    ``layers=False`` gives the bare model (e.g. to fit a correction of it). Also applies
+    ``--threads``, or without it :func:`default_threads` for graphs of ``n_atoms``.
     """
     import mlff_calc
 
-    set_threads(getattr(args, "threads", None))
+    threads = getattr(args, "threads", None)
+    set_threads(default_threads(n_atoms) if threads is None else threads)
     calc = mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
     if getattr(args, "compile", False):
         from ..models.registry import compile_student
@@ -255,3 +299,23 @@ def show_outputs(outputs: dict, summary: Path) -> None:
     print(f"outputs in {Path(summary).parent}:")
     for key, path in {**{k: v for k, v in outputs.items() if v is not None}, "summary": summary}.items():
         print(f"  {key:<12} {Path(path).name}")
+
+
+#: graphs smaller than this run on one thread; above it, one more thread per this many atoms
+#: (up to MAX_DEFAULT_THREADS and the cores the machine's load leaves idle); README, Threads
+ATOMS_PER_THREAD = 200
+MAX_DEFAULT_THREADS = 2
+
+
+def default_threads(n_atoms: int | None) -> int:
+    """CPU threads for a job whose model graphs hold about ``n_atoms`` atoms, when ``--threads`` is not given.
+
+    Small graphs get one thread: a second intra-op thread gains little there and,
+    when another process holds the other core, costs many times over
+    (benchmarks/threads_default.py). Unknown sizes get one thread.
+    """
+    if not n_atoms or n_atoms < 2 * ATOMS_PER_THREAD:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = int(cpus - os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1
+    return max(1, min(MAX_DEFAULT_THREADS, idle, n_atoms // ATOMS_PER_THREAD))
