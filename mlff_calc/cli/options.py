@@ -14,7 +14,7 @@ from typing import Callable
 
 import yaml
 
-from .._runtime import restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
+from .._runtime import default_threads, restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
 from ..errors import ConfigurationError
 from .types import POSITIVE_INT, ase_index, coerce, device
 
@@ -269,22 +269,3 @@ def show_outputs(outputs: dict, summary: Path) -> None:
     for key, path in {**{k: v for k, v in outputs.items() if v is not None}, "summary": summary}.items():
         print(f"  {key:<12} {Path(path).name}")
 
-
-#: graphs smaller than this run on one thread; above it, one more thread per this many atoms
-#: (up to MAX_DEFAULT_THREADS and the cores the machine's load leaves idle); README, Threads
-ATOMS_PER_THREAD = 200
-MAX_DEFAULT_THREADS = 2
-
-
-def default_threads(n_atoms: int | None) -> int:
-    """CPU threads for a job whose model graphs hold about ``n_atoms`` atoms, when ``--threads`` is not given.
-
-    Small graphs get one thread: a second intra-op thread gains little there and,
-    when another process holds the other core, costs many times over
-    (benchmarks/threads_default.py). Unknown sizes get one thread.
-    """
-    if not n_atoms or n_atoms < 2 * ATOMS_PER_THREAD:
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    idle = int(cpus - os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1
-    return max(1, min(MAX_DEFAULT_THREADS, idle, n_atoms // ATOMS_PER_THREAD))

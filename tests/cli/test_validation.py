@@ -15,6 +15,7 @@ from ase.build import bulk
 from ase.io import write
 
 import mlff_calc
+from mlff_calc import _runtime
 from mlff_calc.cli import options
 from mlff_calc.cli.main import build_parser, main
 from mlff_calc.cli.types import Number, ase_index, device
@@ -338,12 +339,12 @@ def test_ordered_cif_is_read(work):
 def test_default_threads_one_for_small_cells(monkeypatch):
     monkeypatch.setattr(options.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(options.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert options.default_threads(None) == 1
-    assert options.default_threads(16) == 1
-    assert options.default_threads(2 * options.ATOMS_PER_THREAD - 1) == 1
-    assert options.default_threads(4000) == options.MAX_DEFAULT_THREADS == 2
+    assert _runtime.default_threads(None) == 1
+    assert _runtime.default_threads(16) == 1
+    assert _runtime.default_threads(2 * _runtime.ATOMS_PER_THREAD - 1) == 1
+    assert _runtime.default_threads(4000) == _runtime.MAX_DEFAULT_THREADS == 2
     monkeypatch.setattr(options.os, "getloadavg", lambda: (1.5, 1.0, 1.0))  # the other core is busy
-    assert options.default_threads(4000) == 1
+    assert _runtime.default_threads(4000) == 1
 
 
 def test_load_calculator_sets_the_default_threads(work, monkeypatch):
