@@ -38,16 +38,6 @@ HELP = "build an LTAU uncertainty index (per-atom force-error distributions) fro
 log = logging.getLogger(__name__)
 
 
-def ltau_layer(value, args):
-    """Builder of the ``--ltau INDEX_DIR`` layer option (see mlff_calc.cli.options.LAYER_OPTIONS).
-
-    ``md`` looks uncertainties up on demand: for the trajectory frames it writes, not every step.
-    """
-    from ..layers.ltau import LTAULayer
-
-    return LTAULayer.from_dir(Path(value), on_demand=getattr(args, "verb", None) == "md")
-
-
 def add_arguments(p) -> None:
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
     sp = steps.add_parser("build", help="build (and calibrate) an index from RUN_DIR's error log", description=HELP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -10,11 +11,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from .._runtime import default_threads, restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
+from ..data.structure_files import read_frames, read_structure  # noqa: F401 (the verbs' readers)
 from ..errors import ConfigurationError
 from .types import POSITIVE_INT, ase_index, coerce, device
 
@@ -45,50 +46,37 @@ def add_steps(p: argparse.ArgumentParser, steps: dict) -> None:
 
 @dataclass(frozen=True)
 class LayerOption:
-    """A command-line option that attaches one calculator layer built from its value."""
+    """A command-line flag that attaches one calculator layer, built by ``from_option(value, verb=...)`` of its class.
+
+    The class is named by its import path (``module:Class``), so building the parser
+    (``--help``) imports no layer.
+    """
 
     flag: str
     metavar: str
     help: str
-    build: Callable  # (value, args) -> Layer
+    layer: str
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
+    def layer_class(self) -> type:
+        module, name = self.layer.split(":")
+        return getattr(importlib.import_module(module), name)
 
-def _softening_layer(value, args):
-    from ..layers.softening import SofteningLayer
-
-    return SofteningLayer.from_file(Path(value))
-
-
-def _ltau_layer(value, args):
-    from .ltau import ltau_layer
-
-    return ltau_layer(value, args)
-
-
-def _ttt_layer(value, args):
-    from .ttt import ttt_layer
-
-    return ttt_layer(value, args)
-
-
-def _rewire_layer(value, args):
-    from .rewire import rewire_layer
-
-    return rewire_layer(value, args)
+    def build(self, value, args):
+        return self.layer_class().from_option(str(value), verb=getattr(args, "verb", None))
 
 
 #: Layers the command line can attach, in the order of the calculator's layer list.
 #: Later layers (``--ltau``, ``--rewire``, ``--ttt``) go before softening, which must
-#: stay last so it scales the model's output only (see mlff_calc.layers.softening).
+#: stay last so it scales the model's output only (see mlff_calc.softening.layer).
 LAYER_OPTIONS: tuple[LayerOption, ...] = (
-    LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", _ttt_layer),
-    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", _rewire_layer),
-    LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", _ltau_layer),
-    LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", _softening_layer),
+    LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", "mlff_calc.ttt.layer:TTTLayer"),
+    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", "mlff_calc.rewiring.layer:RewiringLayer"),
+    LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", "mlff_calc.ltau.layer:LTAULayer"),
+    LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", "mlff_calc.softening.layer:SofteningLayer"),
 )
 
 
@@ -108,40 +96,6 @@ def build_layers(args) -> list:
 def add_structure_argument(p: argparse.ArgumentParser, name: str = "structure", help: str = "input structure (any ASE-readable file: extxyz, cif, POSCAR, ...)", **kwargs) -> None:
     p.add_argument(name, type=Path, help=help, **kwargs)
     p.add_argument("--index", type=ase_index, default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
-
-
-def read_structure(path, index="-1"):
-    """One Atoms from ``path`` (:func:`read_frames` with ``index`` selecting exactly one non-empty frame)."""
-    frames = read_frames(path, str(index))
-    if len(frames) != 1:
-        raise ConfigurationError(f"--index {index} selects {len(frames)} frames of {path}; give a single frame")
-    if len(frames[0]) == 0:
-        raise ConfigurationError(f"{path} holds an empty structure")
-    return frames[0]
-
-
-def read_frames(path, index=":") -> list:
-    """Every frame of ``path`` selected by ``index`` (ASE slice syntax); unreadable or empty raises ConfigurationError."""
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=index)
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
-        raise ConfigurationError(f"cannot read structures from {path} (index {index}): {exc}") from exc
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise ConfigurationError(f"{path} (index {index}) holds no structures")
-    for atoms in frames:
-        partial = {site: occ for site, occ in (atoms.info.get("occupancy") or {}).items() if any(abs(x - 1.0) > 1e-6 for x in occ.values())}
-        if partial:
-            site, occ = next(iter(partial.items()))
-            mix = ", ".join(f"{el} {x:g}" for el, x in occ.items())
-            raise ConfigurationError(f"{path} has partially occupied sites ({len(partial)}, e.g. site {site}: {mix}); the models need an ordered cell: build one (e.g. an ordered supercell) first")
-    return frames
 
 
 def add_output_options(p: argparse.ArgumentParser, default_dir: str) -> None:

@@ -34,29 +34,6 @@ def add_arguments(p) -> None:
     add_steps(p, STEPS)
 
 
-# --rewire ---------------------------------------------------------------------------------
-def split_value(value) -> tuple[Path, str]:
-    """``REF.json[:DISTANCE]`` -> ``(path, distance)``; the distance defaults to padded L2."""
-    text = str(value)
-    head, sep, tail = text.rpartition(":")
-    if sep and tail in DISTANCES:
-        return Path(head), tail
-    if sep and not Path(text).exists() and "/" not in tail and "\\" not in tail:
-        from ..errors import ConfigurationError
-
-        raise ConfigurationError(f"--rewire {text}: unknown spectral distance {tail!r}; use REF.json or REF.json:DISTANCE with DISTANCE one of {DISTANCES}")
-    return Path(text), "padded_l2"
-
-
-def rewire_layer(value, args):
-    """The layer of ``--rewire REF.json[:DISTANCE]`` (checked against the model when the calculator is built)."""
-    from ..layers.rewiring import RewiringLayer
-    from ..rewiring import SpectrumReference
-
-    path, distance = split_value(value)
-    return RewiringLayer(SpectrumReference.load(path), distance=distance)
-
-
 # build-reference --------------------------------------------------------------------------
 def _add_build(p) -> None:
     from .options import add_model_options, add_output_options

@@ -67,17 +67,6 @@ def _add_adapt(p) -> None:
     add_output_options(p, "ttt")
 
 
-def ttt_layer(value, args):
-    """The layer of ``--ttt``: a folder from ``ttt adapt``, or a structure file to adapt on."""
-    from ..layers.ttt import TTTLayer
-    from .options import read_frames
-
-    path = Path(value)
-    if path.is_dir():
-        return TTTLayer(adapted=path)
-    return TTTLayer(adapt_on=read_frames(path))
-
-
 def _run_train(args) -> int:
     import json
 
