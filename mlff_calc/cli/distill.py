@@ -93,7 +93,7 @@ def _add_train(p) -> None:
     p.add_argument("--device", type=device, default="cpu", help="auto, cpu or cuda[:N]; default: cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=COUNT, default=0)
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch and OpenBLAS CPU threads for this run; default: 1")
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
     add_output_options(p, "distill/student")
 
@@ -133,9 +133,9 @@ def _run_label(args) -> dict:
 
 def _run_train(args) -> dict:
     from ..distill import train_student
-    from .options import set_threads
+    from .options import default_threads, set_threads
 
-    set_threads(args.threads)
+    set_threads(args.threads or default_threads(None))  # batches of a few small structures
     from ..models.student import DEFAULT_ARCHITECTURE, FAST_ARCHITECTURE
 
     preset = {"default": DEFAULT_ARCHITECTURE, "fast": FAST_ARCHITECTURE}[args.architecture]

@@ -116,10 +116,10 @@ def _add_choose(p) -> None:
 
 def _run_choose(args) -> dict:
     from ..rewiring import SpectrumReference, choose_radius
-    from .options import read_structure, set_threads
+    from .options import default_threads, read_structure, set_threads
 
-    set_threads(args.threads)
     atoms = read_structure(args.structure, args.index)
+    set_threads(args.threads or default_threads(len(atoms)))
     calc = None
     if args.model is not None:
         import mlff_calc

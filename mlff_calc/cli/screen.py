@@ -79,6 +79,9 @@ def task_params(args) -> dict:
 
 
 def run(args) -> int:
+    import sqlite3
+
+    from ..errors import ConfigurationError
     from ..executors import screen
     from .db import check_database
     from .options import read_frames, show_outputs, write_summary
@@ -87,8 +90,11 @@ def run(args) -> int:
     db = args.db or Path(args.out_dir) / "results.db"
     check_database(db, new_ok=True)
     frames = read_frames(args.structures, args.index)
-    with build_executor(args, n_atoms=min(args.max_atoms, sum(len(a) for a in frames))) as ex:
-        report = screen(frames, args.task, recipe(args), db, executor=ex, params=task_params(args), max_atoms=args.max_atoms, max_structures=args.max_structures, progress=None)
+    try:
+        with build_executor(args, n_atoms=min(args.max_atoms, sum(len(a) for a in frames))) as ex:
+            report = screen(frames, args.task, recipe(args), db, executor=ex, params=task_params(args), max_atoms=args.max_atoms, max_structures=args.max_structures, progress=None)
+    except sqlite3.DatabaseError as exc:  # e.g. the file was damaged while the run wrote to it
+        raise ConfigurationError(f"results database {db}: {exc}") from None
     outputs = {"db": db}
     summary = write_summary(args, None, name=f"screen-{args.task}", started=started, outputs=outputs, results=report.to_dict())
     print(f"screen {args.task}: {report.done} done, {report.skipped} already done, {len(report.failed)} failed, {report.retried_chunks} chunk(s) retried after a worker died; job {report.job} in {db}")

@@ -356,3 +356,19 @@ def test_load_calculator_sets_the_default_threads(work, monkeypatch):
     args = build_parser().parse_args(["relax", "si.extxyz", "--threads", "3"])
     options.load_calculator(args, n_atoms=16)
     assert calls == [1, 3]
+
+
+def test_distill_train_defaults_to_one_thread(work, monkeypatch, capsys):
+    import mlff_calc.distill
+    from mlff_calc.errors import ConfigurationError
+
+    calls = []
+    monkeypatch.setattr(options, "set_threads", lambda n: calls.append(n) or {})
+
+    def stop(*args, **kwargs):
+        raise ConfigurationError("stopped before training")
+
+    monkeypatch.setattr(mlff_calc.distill, "train_student", stop)
+    (work / "labels").mkdir()
+    assert main(["distill", "train", "labels", "--out-dir", "out"]) == 2
+    assert calls == [1]
