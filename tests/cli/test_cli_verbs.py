@@ -16,9 +16,8 @@ import pytest
 from ase.build import bulk
 from ase.collections import dcdft
 from ase.io import read, write
-from matplotlib.image import imread
-
 from helpers import shared_path
+from matplotlib.image import imread
 
 from mlff_calc.cli.main import main
 from mlff_calc.cli.options import restore_threads, set_threads

@@ -276,7 +276,7 @@ def test_db_refuses_files_that_are_not_results_databases_and_leaves_them_unchang
     before = path.read_bytes()
     code, err = run_cli(capsys, ["db", action, path.name])
     assert code == 2
-    assert_one_line(err, f"mlff-calc db: error: ", path.name)
+    assert_one_line(err, "mlff-calc db: error: ", path.name)
     assert path.read_bytes() == before
 
 
