@@ -132,8 +132,8 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
 
 
 def check_outputs(args) -> None:
-    """Before any work: the output folder (``--out-dir``) and the ``--out``/``--db`` targets must be writable."""
-    for attr in ("out_dir", "out", "db"):
+    """Before any work: the output folder (``--out-dir``) and the ``--out`` target (and ``screen --db``) must be writable."""
+    for attr in ("out_dir", "out", "db") if getattr(args, "verb", None) == "screen" else ("out_dir", "out"):
         target = getattr(args, attr, None)
         if target is None or not isinstance(target, Path):
             continue

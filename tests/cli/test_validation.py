@@ -372,3 +372,15 @@ def test_distill_train_defaults_to_one_thread(work, monkeypatch, capsys):
     (work / "labels").mkdir()
     assert main(["distill", "train", "labels", "--out-dir", "out"]) == 2
     assert calls == [1]
+
+
+def test_db_query_needs_no_writable_folder(work, capsys, monkeypatch):
+    """``db`` only reads: a read-only folder holding the database is fine."""
+    make_ase_db(work / "ok.db", n=2)
+
+    def mkstemp(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(options.tempfile, "mkstemp", mkstemp)
+    assert main(["db", "query", "ok.db"]) == 0
+    assert "2 row(s)" in capsys.readouterr().out
