@@ -7,7 +7,9 @@ mocks that count their calls, so "nothing was computed" is checked by count, not
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -384,3 +386,13 @@ def test_db_query_needs_no_writable_folder(work, capsys, monkeypatch):
     monkeypatch.setattr(options.tempfile, "mkstemp", mkstemp)
     assert main(["db", "query", "ok.db"]) == 0
     assert "2 row(s)" in capsys.readouterr().out
+
+
+def test_console_exit_code_is_2_for_a_bad_symprec(work):
+    """Through the real entry point: ``--symprec -1`` used to reach spglib (a segfault after the relaxation)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mlff_calc.cli.main", "relax", "si.extxyz", "--symprec", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(mlff_calc.__file__).parents[1])})
+    assert out.returncode == 2
+    assert_one_line(out.stderr, "argument --symprec: must be a number > 0, got '-1'")
