@@ -66,16 +66,16 @@ class TTTLayer(Layer):
         return cls(adapted=path) if path.is_dir() else cls(adapt_on=read_frames(path))
 
     def bind(self, adapter) -> None:
-        from .head import TwoHeadModel
+        from ..models.two_head import TwoHeadModel
 
         if not isinstance(adapter, TwoHeadModel):
             raise ConfigurationError(NO_HEAD.format(model=adapter.model_id))
-        from .head import _base_sha
+        from ..models.identity import model_identity
 
         self.model = adapter
         self._pristine = {n: p.detach().clone() for n, p in self._params().items()}
         # hashed now, while the weights are pristine (a model without a file hashes its parameters)
-        self._binding = {"model_id": adapter.model_id, "sha256": _base_sha(adapter.base)}
+        self._binding = model_identity(adapter.base)
         if self._on_bind is not None:
             action, value = self._on_bind
             self.load(value) if action == "load" else self.adapt(value)
@@ -126,7 +126,7 @@ class TTTLayer(Layer):
     # artifact ------------------------------------------------------------------
     def save(self, folder) -> Path:
         """Write the adapted parameters and what produced them, bound to the base model."""
-        from .head import write_bound
+        from ..models.weights_file import write_bound
 
         model = self._bound()
         if not self.adapted:
@@ -137,11 +137,11 @@ class TTTLayer(Layer):
 
     def load(self, folder) -> None:
         """Put adapted parameters saved by :meth:`save` into the bound model."""
-        from .head import read_bound
+        from ..models.weights_file import read_bound
 
         model = self._bound()
         foreign = "the adapted weights in {folder} belong to {model_id!r}, not to " + repr(model.model_id) + "; adapt this model instead"
-        manifest, state = read_bound(folder, manifest_name=ADAPTED_MANIFEST, fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, kind="adapted", base_sha=self._binding["sha256"], foreign=foreign)
+        manifest, state = read_bound(folder, manifest_name=ADAPTED_MANIFEST, fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, kind="adapted", base_model=self._binding, foreign=foreign)
         params = self._params()
         if set(state) != set(params) or any(state[n].shape != params[n].shape for n in params):
             raise ArtifactError(f"the adapted weights in {folder} do not fit this model's groups {list(model.adapt_groups)}")

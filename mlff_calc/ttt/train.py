@@ -33,7 +33,7 @@ from ..training.items import evaluate_items, fit_reference_energies, items_from_
 from ..training.loss import DistillationLoss, LossWeights
 from ..errors import ConfigurationError
 from .adapt import label_items, prior_loss, trainable
-from .head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
+from ..models.two_head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
 from .priors import check_coverage, prior_labels, prior_spec
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def train_ttt_student(labels, prior, *, architecture: Mapping | None = None, ada
     prior_label_s = time.perf_counter() - t0
     e0, scale = _prior_stats(train_atoms, train_prior)
     head = PriorHead(first_layer_columns(student), hidden=head_hidden, e0=e0, scale=scale, seed=seed)
-    model = TwoHeadModel(student, head, prior=prior, adapt_groups=adapt_groups)
+    model = TwoHeadModel(student, head, prior=prior_spec(prior), adapt_groups=adapt_groups)
     prior_items = label_items(train_atoms, train_prior, model.dtype, model.device)
     prior_valid = label_items(valid_atoms, valid_prior, model.dtype, model.device)
     weights = LossWeights(energy=lambda_energy, forces=lambda_forces, kd=0.0)
@@ -165,7 +165,7 @@ def fit_prior_head(adapter, structures, prior, *, columns: Sequence[int] | None 
     if columns is None:
         columns = first_layer_columns(adapter) if hasattr(adapter.module, "products") else list(range(invariant_width(adapter, structures[0])))
     e0, scale = _prior_stats(structures, labels)
-    model = TwoHeadModel(adapter, PriorHead(columns, hidden=hidden, e0=e0, scale=scale, seed=seed), prior=prior, adapt_groups=adapt_groups, experimental=True)
+    model = TwoHeadModel(adapter, PriorHead(columns, hidden=hidden, e0=e0, scale=scale, seed=seed), prior=prior_spec(prior), adapt_groups=adapt_groups, experimental=True)
     items = label_items(structures, labels, model.dtype, model.device)
     weights = LossWeights(energy=1.0, forces=100.0, kd=0.0)
     with trainable(model, ["prior_head"]) as params:
