@@ -73,16 +73,18 @@ def main(argv=None) -> int:
         print(f"mlff-calc {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file system error on an output or input: name the file, no traceback
-        print(f"mlff-calc {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"mlff-calc {args.verb}: error: {describe_os_error(exc, getattr(args, 'out_dir', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mlff-calc {args.verb}: interrupted", file=sys.stderr)
         return 130
 
 
-def describe_os_error(exc: OSError) -> str:
-    where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}"
+def describe_os_error(exc: OSError, out_dir=None) -> str:
+    """``FILE: reason``; without a file name (a write to an open file), the output folder stands in."""
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{exc.strerror or exc}" + (f" (while writing in {out_dir})" if out_dir is not None else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -396,3 +396,11 @@ def test_console_exit_code_is_2_for_a_bad_symprec(work):
     out = subprocess.run([sys.executable, "-m", "mlff_calc.cli.main", "relax", "si.extxyz", "--symprec", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(mlff_calc.__file__).parents[1])})
     assert out.returncode == 2
     assert_one_line(out.stderr, "argument --symprec: must be a number > 0, got '-1'")
+
+
+def test_os_error_without_a_file_name_names_the_output_folder():
+    from mlff_calc.cli.main import describe_os_error
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert describe_os_error(full, Path("run/md")) == "No space left on device (while writing in run/md)"
+    assert describe_os_error(OSError(errno.EACCES, "Permission denied", "run/x.json")) == "run/x.json: Permission denied"
