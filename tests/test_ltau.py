@@ -372,7 +372,7 @@ def test_extxyz_round_trip(ltau_built, tmp_path):
     from mlff_calc.layers.ltau import PER_ATOM, LTAULayer
 
     student, _, out = ltau_built
-    calc = MLFFCalculator(student, layers=[LTAULayer.from_dir(out / "ltau")])
+    calc = MLFFCalculator(student, layers=[LTAULayer.from_dir(out / "ltau", annotate=True)])
     frames = [si8(), si8()]
     frames[1].rattle(0.08, seed=6)
     results = calc.evaluate(frames, ("energy", "forces"))

@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 
+from .._version import __version__
 from ..errors import MLFFError
 from .types import Parser, UsageError
 
@@ -32,6 +33,7 @@ VERBS = {
 
 def build_parser() -> Parser:
     parser = Parser(prog="mlff-calc", description="ASE calculators for machine-learning force fields")
+    parser.add_argument("--version", action="version", version=f"mlff-calc {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, module in VERBS.items():

@@ -22,7 +22,7 @@ import torch
 from ase import Atoms
 
 from ..checks import MIN_DISTANCE, check_atoms, check_graph_size
-from ..errors import CalculationFailed, ConfigurationError, InvalidStructureError
+from ..errors import CalculationFailed, ConfigurationError, StressNotDefined
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Forward:
     volumes: torch.Tensor
     node_energy: torch.Tensor | None = None
     descriptors: torch.Tensor | None = None
+    #: per-atom magnetic moments (μB), for a family that predicts them (CHGNet)
+    magmoms: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -96,6 +98,18 @@ class ModelAdapter(abc.ABC):
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
 
+    # pickling and deep copies ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but the per-thread scratch space and the worker pool (rebuilt empty on unpickle)."""
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        state["_pool"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     @property
     def _captured(self) -> dict:
         """Per-thread scratch space for forward hooks (descriptors, per-atom terms)."""
@@ -134,7 +148,7 @@ class ModelAdapter(abc.ABC):
     def check(self, atoms: Atoms, *, stress: bool = False, min_distance: float | None = MIN_DISTANCE) -> None:
         check_atoms(atoms, self.elements, self.model_id, min_distance=min_distance)
         if stress and not atoms.pbc.all():
-            raise InvalidStructureError(
+            raise StressNotDefined(
                 f"stress is defined only for cells periodic in all three directions; this one has pbc={atoms.pbc.tolist()}"
             )
 
@@ -202,6 +216,8 @@ class ModelAdapter(abc.ABC):
                 out["_positions"] = fwd.positions
         if fwd.node_energy is not None:
             out["energies"] = fwd.node_energy
+        if fwd.magmoms is not None:
+            out["magmoms"] = fwd.magmoms
         if descriptors and fwd.descriptors is not None:
             out["descriptors"] = fwd.descriptors
         if not create_graph:
@@ -335,7 +351,7 @@ def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[
             res["descriptor_jobs"] = (out["descriptor_jobs"], b)
         res["energy"] = float(energy[b])
         res["free_energy"] = float(energy[b])
-        for key in ("forces", "energies", "descriptors"):
+        for key in ("forces", "energies", "descriptors", "magmoms"):
             if key in out:
                 res[key] = np64(out[key][bounds[b] : bounds[b + 1]])
         if "stress" in out:

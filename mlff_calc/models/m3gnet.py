@@ -12,6 +12,9 @@ Upstream quirks hidden here:
 - ``Potential.forward`` squeezes the ``AtomRef`` offset to a scalar for one
   structure; we sum per-atom offsets by structure instead. Offsets are indexed by
   position in ``model.element_types`` (89 elements), not by atomic number.
+- matgl's modules hold sympy-generated functions, which do not pickle. A pickled
+  adapter carries the module's recipe instead (matgl's own constructor arguments,
+  ``_init_args``, and the state dict) and rebuilds it on unpickle.
 - ZBL (``calc_repuls=True``) needs ``g.bond_dist``, which M3GNet never sets, so
   matgl itself cannot evaluate it; such models are refused with that reason.
 """
@@ -66,6 +69,17 @@ class M3GNetAdapter(ModelAdapter):
         zs = [atomic_numbers[s] for s in model.element_types]
         self._types[zs] = np.arange(len(zs))
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=model.cutoff, elements=zs, source=source, sha256=sha256)
+        self.module.model.final_layer.register_forward_hook(self._capture_readout)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["module"] = _recipe(self.module)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        recipe = state.pop("module")
+        super().__setstate__(state)
+        self.module = _rebuild(recipe, self.device, self.dtype)
         self.module.model.final_layer.register_forward_hook(self._capture_readout)
 
     @classmethod
@@ -210,6 +224,31 @@ class M3GNetAdapter(ModelAdapter):
             return {}
         offsets = refs.property_offset.detach().cpu().double().numpy()
         return {atomic_numbers[s]: float(offsets[k]) for k, s in enumerate(self.module.model.element_types)}
+
+
+def _recipe(module) -> dict:
+    """What rebuilds a matgl module: its class, matgl's record of its constructor arguments, its state."""
+    return {"module": type(module).__module__, "class": type(module).__name__, "init_args": module._init_args, "state": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "training": module.training}
+
+
+def _rebuild(recipe: dict, device, dtype):
+    """The module of :func:`_recipe`, as ``matgl``'s own loader builds it, with the recorded state."""
+    import importlib
+
+    with isolated():
+        cls = getattr(importlib.import_module(recipe["module"]), recipe["class"])
+        args = {}
+        for key, value in recipe["init_args"].items():
+            if key.startswith("@"):
+                continue
+            if isinstance(value, dict) and "@class" in value and "@module" in value:  # a nested matgl module
+                inner = getattr(importlib.import_module(value["@module"]), value["@class"])
+                value = inner(**value["init_args"])
+            args[key] = value
+        module = cls(**args)
+    module = module.to(device=device, dtype=dtype)  # before the state, so float64 weights stay exact
+    module.load_state_dict(recipe["state"], strict=True)
+    return module.train(recipe["training"])
 
 
 register(Family("m3gnet", M3GNetAdapter, folder_with("model.json", "state.pt"), "a matgl model (model.json + state.pt)", folder=True))

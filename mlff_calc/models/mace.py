@@ -148,6 +148,16 @@ class MACEAdapter(ModelAdapter):
         self._switch_lock = threading.Lock()
         self._switch_bypassed = False
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_switch_lock", None)  # rebuilt; no switched call is running in the copy
+        state.update(_switch_handle=None, _switch_users=0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._switch_lock = threading.Lock()
+
     @property
     def switch_width_A(self) -> float:
         """Width (Å) of the smooth switch taking edges to 0 at a cutoff below ``r_max``.

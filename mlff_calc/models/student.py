@@ -161,6 +161,18 @@ class StudentAdapter(MACEAdapter):
         self.architecture = dict(architecture)
         self.manifest = dict(manifest or {})
 
+    def __getstate__(self) -> dict:
+        """A compiled graph does not pickle: the copy compiles its own (same options, on its first call)."""
+        state = super().__getstate__()
+        for key in ("_compiled", "_watched", "_compiled_versions"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if state.get("_compile_options") is not None:
+            self.compile(**state["_compile_options"])
+
     def compile(self, *, dynamic: bool = True) -> "StudentAdapter":
         """Run energy+forces+stress calls through one ``torch.compile``'d graph.
 
@@ -196,6 +208,7 @@ class StudentAdapter(MACEAdapter):
         for p in whole.parameters():
             p.requires_grad_(False)
         self._compiled = torch.compile(whole, dynamic=dynamic, fullgraph=_TRACES_AUTOGRAD)
+        self._compile_options = {"dynamic": dynamic}
         self._watched = list(self.module.parameters())  # walked once: module traversal costs ~0.2 ms a call
         self._compiled_versions = self._weight_versions()
         return self
@@ -211,7 +224,7 @@ class StudentAdapter(MACEAdapter):
             return None
         if self._weight_versions() != self._compiled_versions:
             log.warning("student weights changed after compile(); using the eager module (call compile() again)")
-            self._compiled = None
+            self._compiled = self._compile_options = None
             return None
         return compiled
 

@@ -97,6 +97,15 @@ class TwoHeadModel(ModelAdapter):
         self.experimental = bool(experimental)
         self.head = "reference"
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("module")  # the base adapter's module, pickled (or rebuilt) with the base
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.module = self.base.module
+
     @classmethod
     def load(cls, path, *, device="auto", dtype=None, model_id=None) -> "TwoHeadModel":
         """A two-head student folder (:func:`~mlff_calc.ttt.save_ttt_student`: student files + ``prior_head.json``)."""

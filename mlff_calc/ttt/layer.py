@@ -39,6 +39,7 @@ class TTTLayer(Layer):
     """Holds the adaptation settings, the pristine weights and what the last adaptation did."""
 
     name = "ttt"
+    adapts = True
 
     def __init__(self, *, adapted=None, adapt_on=None, progress: bool | None = None, **adapt_config):
         """``adapt_config``: fields of :class:`~mlff_calc.ttt.adapt.AdaptConfig`. When the layer
