@@ -7,6 +7,7 @@
   that own their threads (the CLI and executor workers; library code never sets them).
 - :func:`progress_bar`, :func:`evaluate_structures`, :func:`snapshot`: progress,
   batched evaluation through any ASE calculator, results kept through extxyz.
+- :func:`backend`: a missing optional backend is a ModelLoadError naming its pip extra.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ModelLoadError
 
 
 @contextlib.contextmanager
@@ -199,3 +200,19 @@ def _flatten(results: dict, parent: str = ""):
             yield from _flatten(value, name)
         elif value is not None:
             yield name, value
+
+
+#: pip extra of mlff_calc -> the package it installs (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"m3gnet": "matgl", "mace": "mace-torch", "ltau": "faiss-cpu", "ttt": "tblite", "ray": "ray"}
+
+
+@contextlib.contextmanager
+def backend(extra: str, what: str):
+    """Imports inside this block that fail raise ModelLoadError: ``what`` needs ``pip install 'mlff_calc[extra]'``."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{what} needs the optional backend {EXTRAS[extra]} ({exc.name or 'a module'} cannot be imported: {exc}); "
+            f"install it with: pip install 'mlff_calc[{extra}]'"
+        ) from exc

@@ -75,11 +75,10 @@ def locate(spec: ModelSpec) -> Path | None:
 
 def missing_message(spec: ModelSpec) -> str:
     searched = ", ".join(str(d) for d in model_dirs())
-    how = f"download it from {MACE_MP0_URL}{spec.filename} on a machine with internet, then " if spec.family == "mace" else ""
     return (
         f"model '{spec.name}' needs '{spec.filename}', which is not in any model directory (searched: {searched}). "
-        f"To provide it, {how}put it in one of those folders, set {MODEL_DIR_ENV} to the folder holding it, "
-        "or pass its path to mlff_calc.load()."
+        f"Download it with `mlff-calc models fetch {spec.name}` (or mlff_calc.models.fetch('{spec.name}')), "
+        f"or put a copy in one of those folders, set {MODEL_DIR_ENV} to the folder holding it, or pass its path to mlff_calc.load()."
     )
 
 
