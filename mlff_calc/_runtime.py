@@ -80,6 +80,27 @@ def restore_threads(previous: dict) -> None:
     previous["blas"].restore_original_limits()
 
 
+#: graphs smaller than this run on one thread; above it, one more thread per this many atoms
+#: (up to MAX_DEFAULT_THREADS and the cores the machine's load leaves idle); README, Threads
+ATOMS_PER_THREAD = 200
+MAX_DEFAULT_THREADS = 2
+
+
+def default_threads(n_atoms: int | None) -> int:
+    """CPU threads for a job whose model graphs hold about ``n_atoms`` atoms, when ``--threads`` is not given.
+
+    Small graphs get one thread: a second intra-op thread gains little there and,
+    when another process holds the other core, costs many times over
+    (benchmarks/threads_default.py). Unknown sizes get one thread. For the CLI;
+    library code never sets thread counts.
+    """
+    if not n_atoms or n_atoms < 2 * ATOMS_PER_THREAD:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = int(cpus - os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1
+    return max(1, min(MAX_DEFAULT_THREADS, idle, n_atoms // ATOMS_PER_THREAD))
+
+
 def progress_bar(iterable=None, *, total=None, desc: str = "", enabled: bool | None = None):
     """A tqdm bar; ``enabled=None`` shows it only on a terminal."""
     from tqdm.auto import tqdm

@@ -49,6 +49,10 @@ def atomic_path(path):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: name the file being written, not the temporary
+        if exc.errno is None or exc.filename not in (None, tmp, str(tmp)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import NON_NEGATIVE, ase_index
+
 HELP = "measure a model's force softening against DFT, or fit the correction scale c (see --softening)"
 
 SUBTRACT = {"auto": None, "on": True, "off": False}
@@ -33,7 +35,7 @@ def add_arguments(p) -> None:
 
 def add_dft_options(p) -> None:
     p.add_argument("--dft", type=Path, default=None, metavar="FILE", help="DFT-labelled structures (any ASE-readable file with forces)")
-    p.add_argument("--dft-index", default=":", help="frames of --dft to use (ASE slice syntax); default: all")
+    p.add_argument("--dft-index", type=ase_index, default=":", help="frames of --dft to use (ASE slice syntax); default: all")
     p.add_argument("--forces-key", default=None, help="per-atom array holding the DFT forces in --dft (default: dft_forces, forces, REF_forces)")
     p.add_argument("--phonopy-disp", type=Path, default=None, metavar="YAML", help="phonopy displacement yaml (phonopy_disp.yaml, or phonopy_params.yaml with forces)")
     p.add_argument("--force-sets", type=Path, default=None, metavar="FILE", help="phonopy FORCE_SETS for --phonopy-disp")
@@ -54,9 +56,9 @@ def _add_fit(p) -> None:
     add_dft_options(p)
     p.add_argument("--out", type=Path, default=None, metavar="FIT.json", help="where to save the fit (JSON); default: <out-dir>/softening-fit.json")
     p.add_argument("--mode", default="reference", choices=list(MODES), help="energy the layer scales: relative to the model's per-element references (default) or total")
-    p.add_argument("--force-weight", type=float, default=1.0, help="weight of the force term; default: 1")
-    p.add_argument("--energy-weight", type=float, default=0.0, help="weight of the energy term (eV/atom); default: 0")
-    p.add_argument("--stress-weight", type=float, default=0.0, help="weight of the stress term (GPa); default: 0")
+    p.add_argument("--force-weight", type=NON_NEGATIVE, default=1.0, help="weight of the force term; default: 1")
+    p.add_argument("--energy-weight", type=NON_NEGATIVE, default=0.0, help="weight of the energy term (eV/atom); default: 0")
+    p.add_argument("--stress-weight", type=NON_NEGATIVE, default=0.0, help="weight of the stress term (GPa); default: 0")
     p.add_argument("--paper-weights", action="store_true", help="use Deng et al.'s weights: " + ", ".join(f"{k.removesuffix('_weight')} {v:g}" for k, v in PAPER_WEIGHTS.items()))
     p.add_argument("--allow-mixed", action="store_true", help="fit structures of different compositions together")
     add_model_options(p)
@@ -93,7 +95,7 @@ def _run_measure(args) -> dict:
     from .options import load_calculator
 
     dataset = read_dataset(args)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=max(len(s.atoms) for s in dataset.structures))
     subtract = SUBTRACT[args.subtract_reference]
     report = measure(calc, dataset, subtract_reference=subtract)
     fm, fd = force_components(calc, dataset, subtract)
@@ -118,7 +120,7 @@ def _run_fit(args) -> dict:
         raise ConfigurationError(f"softening fit corrects the bare model; drop {', '.join(attached)}")
     weights = dict(PAPER_WEIGHTS) if args.paper_weights else {"energy_weight": args.energy_weight, "force_weight": args.force_weight, "stress_weight": args.stress_weight}
     dataset = read_dataset(args)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=max(len(s.atoms) for s in dataset.structures))
     subtract = SUBTRACT[args.subtract_reference]
     fit = fit_scale(calc, dataset, mode=args.mode, subtract_reference=subtract, allow_mixed=args.allow_mixed, **weights)
     out = Path(args.out) if args.out is not None else args.out_dir / "softening-fit.json"

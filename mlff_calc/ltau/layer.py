@@ -109,6 +109,11 @@ class LTAULayer(Layer):
     def from_dir(cls, path, tolerance_eV_per_A: float = 0.05, **kwargs) -> "LTAULayer":
         return cls(LTAU.load(Path(path)), tolerance_eV_per_A=tolerance_eV_per_A, **kwargs)
 
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "LTAULayer":
+        """The layer of ``--ltau INDEX_DIR``; ``md`` looks uncertainties up on demand (for the frames it writes, not every step)."""
+        return cls.from_dir(value, on_demand=verb == "md")
+
     def bind(self, adapter) -> None:
         if "descriptors" not in adapter.implemented_properties:
             raise ConfigurationError(f"{adapter.model_id} gives no per-atom descriptors; the LTAU layer needs them")

@@ -30,7 +30,7 @@ from ase.data import atomic_numbers
 
 from .._runtime import backend, isolated
 from ..errors import ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
 from .family import Family, folder_with, register
 
@@ -134,15 +134,15 @@ class M3GNetAdapter(ModelAdapter):
         pot, dev, dt = self.module, self.device, self.dtype
         edges, shifts, cells, offset = [], [], [], 0
         for atoms in atoms_list:
-            i, j, s = neighbor_list(atoms, cutoff)
-            edges.append(np.stack([i, j]) + offset)
+            i, j, s = device_neighbor_list(atoms, cutoff, dev, backend=self.neighbor_backend)
+            edges.append(torch.stack([i, j]) + offset)
             shifts.append(s)
             cells.append(bounding_cell(atoms, cutoff))
             offset += len(atoms)
         n_graphs = len(atoms_list)
         n_atoms = torch.tensor([len(a) for a in atoms_list], device=dev)
         node_batch = torch.repeat_interleave(torch.arange(n_graphs, device=dev), n_atoms)
-        edge_index = torch.as_tensor(np.concatenate(edges, axis=1), device=dev)
+        edge_index = torch.cat(edges, dim=1)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         node_type = torch.as_tensor(self._types[numbers], device=dev)
 
@@ -152,7 +152,7 @@ class M3GNetAdapter(ModelAdapter):
         lattice = torch.as_tensor(np.stack(cells), dtype=dt, device=dev) @ (eye + st)
         positions = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=dt, device=dev, requires_grad=True)
         pos = torch.einsum("ni,nij->nj", positions, (eye + st)[node_batch]) if stress else positions
-        shift = torch.as_tensor(np.concatenate(shifts), dtype=dt, device=dev)
+        shift = torch.cat(shifts).to(dt)
         offshift = torch.einsum("ei,eij->ej", shift, lattice[node_batch[edge_index[0]]])
 
         g = Data(num_nodes=int(node_type.numel()), edge_index=edge_index, node_type=node_type, pos=pos, pbc_offshift=offshift, batch=node_batch)

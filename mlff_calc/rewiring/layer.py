@@ -83,6 +83,21 @@ class RewiringLayer(Layer):
     name = "rewiring"
     provides = ("r_star", "rewiring_radii", "rewiring_distances")
 
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "RewiringLayer":
+        """The layer of ``--rewire REF.json[:DISTANCE]`` (the distance defaults to padded L2)."""
+        from pathlib import Path
+
+        text = str(value)
+        head, sep, tail = text.rpartition(":")
+        if sep and tail in DISTANCES:
+            path, distance = Path(head), tail
+        elif sep and not Path(text).exists() and "/" not in tail and "\\" not in tail:
+            raise ConfigurationError(f"--rewire {text}: unknown spectral distance {tail!r}; use REF.json or REF.json:DISTANCE with DISTANCE one of {DISTANCES}")
+        else:
+            path, distance = Path(text), "padded_l2"
+        return cls(SpectrumReference.load(path), distance=distance)
+
     def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
         if not isinstance(reference, SpectrumReference):
             raise ConfigurationError(f"RewiringLayer needs a SpectrumReference, not {type(reference).__name__}")

@@ -63,6 +63,11 @@ class SofteningLayer(Layer):
         fit = SofteningFit.load(path)
         return cls(fit.c, mode=mode or fit.mode, fit=fit, strict=strict)
 
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "SofteningLayer":
+        """The layer of the command-line value ``--softening FIT.json``."""
+        return cls.from_file(value)
+
     def bind(self, adapter) -> None:
         if self.fit is not None:
             self._check_model(adapter)

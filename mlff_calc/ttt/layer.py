@@ -57,6 +57,14 @@ class TTTLayer(Layer):
         self._pristine: dict[str, torch.Tensor] | None = None
         self.history: dict | None = None
 
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "TTTLayer":
+        """The layer of ``--ttt``: a folder written by :meth:`save`, or a structure file to adapt on."""
+        from ..data.structure_files import read_frames
+
+        path = Path(value)
+        return cls(adapted=path) if path.is_dir() else cls(adapt_on=read_frames(path))
+
     def bind(self, adapter) -> None:
         from ..models.two_head import TwoHeadModel
 
