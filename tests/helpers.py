@@ -15,9 +15,6 @@ DATA = ROOT / "tests" / "data"
 #: weights that cannot ship with the project (``models/``), and the full reference data (``data/``)
 SHARED = Path(os.environ.get("MLFF_CALC_SHARED", ROOT.parent / "shared"))
 
-#: folder under ``models/`` -> the name ``mlff-calc models fetch`` knows it by
-FETCH_NAMES = {"M3GNet-MP-2021.2.8-PES": "m3gnet-mp-2021.2.8", "M3GNet-MatPES-PBE-v2025.1-PES": "m3gnet-matpes-pbe-v2025.1"}
-
 
 def shared_path(*parts) -> Path:
     """``data/...`` from tests/data, else ../shared/data; ``models/...`` from ../shared, else the model
@@ -28,12 +25,13 @@ def shared_path(*parts) -> Path:
     if path.exists():
         return path
     if parts and parts[0] == "models":
-        from mlff_calc.models.registry import model_dirs
+        from mlff_calc.models.registry import KNOWN_MODELS, model_dirs
 
         for folder in model_dirs():  # where `mlff-calc models fetch` writes
             if folder.joinpath(*parts[1:]).exists():
                 return folder.joinpath(*parts[1:])
-        name = FETCH_NAMES.get(parts[1]) if len(parts) == 2 else None
+        names = {spec.filename: spec.name for spec in KNOWN_MODELS.values()}
+        name = names.get(parts[1]) if len(parts) == 2 else None
         how = f"get them with `mlff-calc models fetch {name}`" if name else "set MLFF_CALC_SHARED to the folder holding models/"
         pytest.skip(f"model weights {path} are absent: {how}")
     pytest.skip(f"reference data {path} is absent from tests/data and {SHARED} (set MLFF_CALC_SHARED to the shared folder)")
