@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import si8
+from helpers import require_backend, si8
 
 from mlff_calc.errors import ArtifactError, ConfigurationError
 from mlff_calc.ltau import (
@@ -26,6 +26,8 @@ from mlff_calc.ltau import (
     expected_error,
     quantile,
 )
+
+require_backend("faiss", "ltau")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 

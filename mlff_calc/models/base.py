@@ -79,6 +79,10 @@ class ModelAdapter(abc.ABC):
     supported_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
     #: whether the backend's energy supports double backward (Hessian by autograd)
     double_backward: bool = True
+    #: neighbour search: ``"auto"`` (vesin on CUDA, matscipy on CPU), ``"vesin"`` or ``"matscipy"``
+    neighbor_backend: str = "auto"
+    #: first guess of a batched pass's device memory per graph edge (re-measured on CUDA)
+    bytes_per_edge: float = 16384.0
 
     def __init__(self, module: torch.nn.Module, *, model_id: str, device, dtype, cutoff: float, elements, source: str | None = None, sha256: str | None = None):
         self._device = resolve_device(device)
@@ -216,7 +220,8 @@ class ModelAdapter(abc.ABC):
 
         Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
 
-        On a GPU the structures go through one batched forward pass. On a CPU a
+        On a GPU the structures go through one batched forward pass per chunk
+        (:mod:`.batching`: sized from a memory estimate, halved on out-of-memory). On a CPU a
         big batch is memory-bound (measured: slower per structure than single
         calls), so the structures are instead spread over ``workers`` threads
         (default: torch's intra-op thread count), each running single-structure
@@ -234,7 +239,9 @@ class ModelAdapter(abc.ABC):
         rc = self._validate(atoms_list, stress=kwargs["stress"], cutoff=cutoff, min_distance=min_distance)  # before any work
         workers = torch.get_num_threads() if workers is None else workers
         if self.device.type != "cpu" or workers <= 1 or len(atoms_list) <= 1:
-            return split_results(self._run(atoms_list, rc, **kwargs), [len(a) for a in atoms_list])
+            from .batching import evaluate_in_chunks
+
+            return evaluate_in_chunks(self, atoms_list, rc, lambda chunk: split_results(self._run(chunk, rc, **kwargs), [len(a) for a in chunk]))
         pool = self._cpu_pool(workers)
         futures = [pool.submit(self._run, [atoms], rc, **kwargs) for atoms in atoms_list]
         return [split_results(f.result(), [len(a)])[0] for f, a in zip(futures, atoms_list)]

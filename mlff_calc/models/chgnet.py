@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, file_ending, register
 from .chgnet_graph import angles, bonds
 
 
@@ -65,7 +66,8 @@ class CHGNetAdapter(ModelAdapter):
     def _graph(self, atoms: Atoms, cutoff: float):
         from chgnet.graph.crystalgraph import CrystalGraph
 
-        i, j, shifts = neighbor_list(atoms, cutoff)
+        # bonds and angles are built with numpy, so the search runs on the CPU (as upstream's converter)
+        i, j, shifts = (t.numpy() for t in device_neighbor_list(atoms, cutoff, "cpu", backend=self.neighbor_backend))
         cell = atoms.cell.array if atoms.pbc.all() else bounding_cell(atoms, cutoff)
         dist = np.linalg.norm(atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1)
         d2u, u2d = bonds(i, j, shifts)
@@ -138,3 +140,6 @@ class CHGNetAdapter(ModelAdapter):
             return {}
         weights = ref.fc.weight.detach().cpu().double().numpy().reshape(-1)
         return {z: float(weights[z - 1]) for z in range(1, len(weights) + 1)}
+
+
+register(Family("chgnet", CHGNetAdapter, file_ending(".pth.tar", ".pth"), "a CHGNet checkpoint (*.pth.tar)"))

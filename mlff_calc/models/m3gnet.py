@@ -28,10 +28,11 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._scope import isolated
+from .._runtime import backend, isolated
 from ..errors import ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, folder_with, register
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class M3GNetAdapter(ModelAdapter):
         """A matgl model folder (``model.json``, ``model.pt``, ``state.pt``) holding an M3GNet Potential."""
         path = Path(path).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"matgl model folder {path} does not exist")
+            raise ModelLoadError(f"matgl model folder {path} does not exist (published M3GNet weights: `mlff-calc models fetch NAME`, names in `mlff-calc models`)")
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; an M3GNet model is a folder holding {', '.join(MODEL_FILES)}")
         missing = [f for f in MODEL_FILES if not (path / f).is_file()]
@@ -86,9 +87,10 @@ class M3GNetAdapter(ModelAdapter):
             raise ModelLoadError(
                 f"{path} is a matgl-2 (DGL era) checkpoint ({'; '.join(signs)}). matgl 4 loads it without error "
                 "but evaluates it wrongly (its graph convolution aggregates on the other end of each edge), so it is "
-                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4)"
+                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4: "
+                "`mlff-calc models fetch m3gnet-mp-2021.2.8` gets or converts it)"
             )
-        with isolated():
+        with isolated(), backend("m3gnet", "an M3GNet model"):
             import matgl
             from matgl.apps.pes import Potential
             from matgl.models import M3GNet
@@ -132,15 +134,15 @@ class M3GNetAdapter(ModelAdapter):
         pot, dev, dt = self.module, self.device, self.dtype
         edges, shifts, cells, offset = [], [], [], 0
         for atoms in atoms_list:
-            i, j, s = neighbor_list(atoms, cutoff)
-            edges.append(np.stack([i, j]) + offset)
+            i, j, s = device_neighbor_list(atoms, cutoff, dev, backend=self.neighbor_backend)
+            edges.append(torch.stack([i, j]) + offset)
             shifts.append(s)
             cells.append(bounding_cell(atoms, cutoff))
             offset += len(atoms)
         n_graphs = len(atoms_list)
         n_atoms = torch.tensor([len(a) for a in atoms_list], device=dev)
         node_batch = torch.repeat_interleave(torch.arange(n_graphs, device=dev), n_atoms)
-        edge_index = torch.as_tensor(np.concatenate(edges, axis=1), device=dev)
+        edge_index = torch.cat(edges, dim=1)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         node_type = torch.as_tensor(self._types[numbers], device=dev)
 
@@ -150,7 +152,7 @@ class M3GNetAdapter(ModelAdapter):
         lattice = torch.as_tensor(np.stack(cells), dtype=dt, device=dev) @ (eye + st)
         positions = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=dt, device=dev, requires_grad=True)
         pos = torch.einsum("ni,nij->nj", positions, (eye + st)[node_batch]) if stress else positions
-        shift = torch.as_tensor(np.concatenate(shifts), dtype=dt, device=dev)
+        shift = torch.cat(shifts).to(dt)
         offshift = torch.einsum("ei,eij->ej", shift, lattice[node_batch[edge_index[0]]])
 
         g = Data(num_nodes=int(node_type.numel()), edge_index=edge_index, node_type=node_type, pos=pos, pbc_offshift=offshift, batch=node_batch)
@@ -208,3 +210,6 @@ class M3GNetAdapter(ModelAdapter):
             return {}
         offsets = refs.property_offset.detach().cpu().double().numpy()
         return {atomic_numbers[s]: float(offsets[k]) for k, s in enumerate(self.module.model.element_types)}
+
+
+register(Family("m3gnet", M3GNetAdapter, folder_with("model.json", "state.pt"), "a matgl model (model.json + state.pt)", folder=True))

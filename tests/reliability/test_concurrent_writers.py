@@ -134,8 +134,8 @@ def test_claims_of_a_driver_that_died_are_taken_over(tmp_path, mace_adapter, hol
     structures, path = cells(3, seed=60), tmp_path / "r.db"
     calc = mace_adapter_calc(mace_adapter)
     first = screen(structures[:1], "singlepoint", calc, path, progress=False)  # creates the schema
-    from mlff_calc.executors.screen import job_id
-    from mlff_calc.executors.tasks import params_for
+    from mlff_calc.screening.screen import job_id
+    from mlff_calc.screening.tasks import params_for
 
     job = job_id("singlepoint", params_for("singlepoint", None), first.model, structures)
     if holder == "dead process here":
@@ -157,8 +157,8 @@ def test_a_live_driver_elsewhere_is_waited_for(tmp_path, mace_adapter):
     structures, path = cells(2, seed=70), tmp_path / "r.db"
     calc = mace_adapter_calc(mace_adapter)
     first = screen(structures[:1], "singlepoint", calc, path, progress=False)
-    from mlff_calc.executors.screen import job_id
-    from mlff_calc.executors.tasks import params_for
+    from mlff_calc.screening.screen import job_id
+    from mlff_calc.screening.tasks import params_for
 
     job = job_id("singlepoint", params_for("singlepoint", None), first.model, structures)
     claim_all(path, job, 2, "another-host:1:alive", time.time() + 3600)

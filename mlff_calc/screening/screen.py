@@ -28,8 +28,9 @@ from ase import Atoms
 
 from ..artifacts import new_owner
 from ..errors import ConfigurationError
-from .chunks import Job, make_chunks
-from .store import ResultsDB
+from ..executors.choose import get_executor
+from ..executors.chunks import Job, make_chunks
+from ..executors.store import ResultsDB
 from .tasks import UNITS, params_for, screen_chunk
 
 
@@ -59,27 +60,10 @@ class ScreenReport:
 
 def job_id(task: str, params: dict, model: dict, structures: Sequence[Atoms]) -> str:
     """A short hash of everything that determines the results."""
-    from ..distill.sample import pack_structures, structures_sha256
+    from ..data.structures import pack_structures, structures_sha256
 
     text = json.dumps({"task": task, "params": params, "model": model, "structures": structures_sha256(pack_structures(structures))}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def get_executor(executor=None, **kwargs):
-    """An executor from a name (``"local"``, ``"ray"``) and its options, or the executor given."""
-    from .base import Executor
-
-    if executor is None or executor == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor(**{k: v for k, v in kwargs.items() if k == "threads"})
-    if executor == "ray":
-        from .ray import RayExecutor
-
-        return RayExecutor(**kwargs)
-    if isinstance(executor, Executor):
-        return executor
-    raise ConfigurationError(f"unknown executor {executor!r}; use 'local' or 'ray'")
 
 
 def screen(structures: Sequence[Atoms], task: str, model, db, *, executor=None, params: dict | None = None, max_atoms: int = 512, max_structures: int = 64, progress: bool | None = None, lease_s: float = 60.0, poll_s: float = 0.5) -> ScreenReport:
@@ -93,7 +77,7 @@ def screen(structures: Sequence[Atoms], task: str, model, db, *, executor=None, 
     driver on another host that stopped renewing it; ``poll_s``: how often a driver
     waiting for another one looks at the database.
     """
-    from ..workflows import progress_bar
+    from .._runtime import progress_bar
 
     structures = [structures] if isinstance(structures, Atoms) else list(structures)
     if not structures:
