@@ -85,7 +85,8 @@ class MLFFCalculator(Calculator):
         model_props = request.properties & {"energy", "forces", "stress", "energies", "descriptors"}
         hooks = request.on_descriptors if "descriptors" in model_props else {}
         on_descriptors = (lambda *args: {name: fn(*args) for name, fn in hooks.items()}) if hooks else None
-        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance, on_descriptors=on_descriptors)
+        weights = {"node_weights": request.node_weights} if request.node_weights else {}
+        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance, on_descriptors=on_descriptors, **weights)
         for res in results:
             res.setdefault("contributions", {})
         for layer in reversed(self.layers):
@@ -103,7 +104,8 @@ class MLFFCalculator(Calculator):
         for layer in self.layers:
             request = layer.before([atoms], request)
             cutoff = request.cutoff
-        hessian = self.adapter.hessian(atoms, rows, method=method, cutoff=cutoff, min_distance=self.min_distance)
+        weights = {"node_weights": request.node_weights} if request.node_weights else {}
+        hessian = self.adapter.hessian(atoms, rows, method=method, cutoff=cutoff, min_distance=self.min_distance, **weights)
         for layer in reversed(self.layers):
             hessian = layer.transform_hessian(atoms, hessian)
         return hessian

@@ -32,6 +32,8 @@ class Request:
     cutoff: float | None = None
     #: layer name -> ``fn(descriptors [N, d] float32, numbers [N], n_atoms per structure)``
     on_descriptors: dict = field(default_factory=dict)
+    #: ``{Z: w}``: forces/stress/Hessian of ``E + Σ_i (w_Z_i - 1) E_i`` (per-element softening)
+    node_weights: dict | None = None
 
 
 class Layer:
