@@ -43,6 +43,7 @@ class Choice:
     """Cross-validation of the candidates and the method picked."""
 
     method: str
+    candidate: str
     ridge: float | None
     scores: dict[str, float]
     fit_scores: dict[str, float]
@@ -123,7 +124,7 @@ def choose(design: Design, folds, folds_text: str, method: str = "auto", ridges=
     else:
         best = method
     m, ridge = table[best]
-    return Choice(m, ridge, scores, fit_scores, folds_text, len(folds))
+    return Choice(m, best, ridge, scores, fit_scores, folds_text, len(folds))
 
 
 def data_hash(dataset: DFTDataset) -> str:
@@ -170,7 +171,7 @@ def correct(calc, dataset: DFTDataset, method: str = "auto", *, out=None, ridges
 
 
 def _summary(manifest: dict) -> dict:
-    return {k: manifest.get(k) for k in ("method", "ridge", "cv_mae", "cv_folds", "data_sha256", "source")}
+    return {k: manifest.get(k) for k in ("method", "candidate", "ridge", "cv_mae", "cv_folds", "data_sha256", "source")}
 
 
 def _manifest(adapter, dataset: DFTDataset, choice: Choice) -> dict:
@@ -181,6 +182,7 @@ def _manifest(adapter, dataset: DFTDataset, choice: Choice) -> dict:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "method": choice.method,
+        "candidate": choice.candidate,
         "ridge": choice.ridge,
         "cv_mae": choice.scores,
         "fit_mae": choice.fit_scores,

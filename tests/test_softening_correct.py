@@ -157,3 +157,24 @@ def test_chgnet_per_element_forces_match_finite_differences(chgnet_adapter):
     fd = fd_forces(calc, atoms, h=5e-3, indices=[0, 1])
     scale = np.abs(forces[:2]).max()
     np.testing.assert_allclose(forces[:2], fd, atol=2e-3 * scale + 2e-4)
+
+
+def test_cli_correct_on_phonopy_data_and_reuse_as_model(tmp_path, monkeypatch):
+    from helpers import shared_path
+
+    from mlff_calc.cli import softening as cli_softening
+    from mlff_calc.cli.main import main
+    from mlff_calc.softening_correct import METHODS, read_manifest
+
+    assert cli_softening.CORRECT_METHODS == METHODS
+    folder = shared_path("data", "phonopy", "NaCl")
+    if not folder.exists():
+        pytest.skip("the NaCl phonopy data are at ../shared/data/phonopy/NaCl")
+    monkeypatch.chdir(tmp_path)
+    argv = ["softening", "correct", "--phonopy-disp", folder / "phonopy_disp.yaml", "--force-sets", folder / "FORCE_SETS", "--index", "0", "--out", "corr", "--device", "cpu"]
+    assert main([str(a) for a in argv]) == 0
+    manifest = read_manifest(tmp_path / "corr")
+    assert manifest["n_structures"] == 1 and manifest["cv_folds"].startswith("4 slabs")
+    assert manifest["candidate"] == min(manifest["cv_mae"], key=manifest["cv_mae"].get)
+    assert main(["singlepoint", str(folder / "POSCAR-unitcell"), "--model", "corr", "--device", "cpu", "--out-dir", "sp"]) == 0
+    assert main([str(a) for a in argv[:-6]] + ["--index", "7", "--out", "x", "--device", "cpu"]) == 2
