@@ -192,7 +192,7 @@ def main(argv=None) -> int:
             print(f"| {r['task']} | {r['n_fit']} / {r['n_test']} | {t['raw']:.4f} | {t['scalar']:.4f} | {t['elements']:.4f} | {t['auto']:.4f} ({r['chosen']['auto']}) |")
     print("\nHighest phonon branch (THz) at Γ / X / L vs VASP\n")
     print("| task | raw | scalar | per-element | auto (chosen) | VASP |\n|---|---|---|---|---|---|")
-    fmt = lambda d: " / ".join(f"{d[k]:.2f}" for k in ("G", "X", "L"))  # noqa: E731
+    fmt = lambda d: " / ".join(f"{d[k]:.2f}" for k in ("G", "X", "L"))
     for r in rows:
         if "highest_branch_THz" in r:
             h = r["highest_branch_THz"]

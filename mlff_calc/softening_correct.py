@@ -26,7 +26,14 @@ from . import __version__
 from .artifacts import check_manifest, read_json, write_json
 from .errors import ArtifactError, ConfigurationError
 from .softening import DFTDataset, _closed_form, fit_scale
-from .softening_elements import Design, ElementFit, ElementSofteningLayer, build_design, fit_element_scales, solve_scales
+from .softening_elements import (
+    Design,
+    ElementFit,
+    ElementSofteningLayer,
+    build_design,
+    fit_element_scales,
+    solve_scales,
+)
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,17 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from . import __version__
 from .artifacts import check_manifest, read_json, write_json
+from .checks import MIN_DISTANCE
 from .errors import ArtifactError, ConfigurationError, InvalidStructureError
 from .layers.base import Layer, Request
-from .checks import MIN_DISTANCE
-from .softening import MODES, DFTDataset, _closed_form, _package_version, _resolve_subtract, chemical_system
+from .softening import (
+    MODES,
+    DFTDataset,
+    _closed_form,
+    _package_version,
+    _resolve_subtract,
+    chemical_system,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +98,7 @@ class Design:
     subtract_reference: bool
     source: str
 
-    def rows(self, mask: np.ndarray) -> "Design":
+    def rows(self, mask: np.ndarray) -> Design:
         return Design(self.base[mask], self.parts[:, mask], self.dft[mask], self.structure[mask], self.atom[mask], self.elements, self.subtract_reference, self.source)
 
     def predict(self, scales: dict[int, float]) -> np.ndarray:
@@ -179,7 +186,7 @@ class ElementFit:
         self.path = str(path)
 
     @classmethod
-    def load(cls, path) -> "ElementFit":
+    def load(cls, path) -> ElementFit:
         data = read_json(path, kind="per-element softening fit")
         check_manifest(data, fmt=FORMAT, versions=(FORMAT_VERSION,), path=path)
         missing = [k for k in ("scales", "c_global", "ridge", "mode", "model_id", "chemical_systems", "source") if k not in data]
@@ -261,7 +268,7 @@ class ElementSofteningLayer(Layer):
         self._warned: set[str] = set()
 
     @classmethod
-    def from_file(cls, path, strict: bool = False) -> "ElementSofteningLayer":
+    def from_file(cls, path, strict: bool = False) -> ElementSofteningLayer:
         fit = ElementFit.load(path)
         return cls(fit.by_number, mode=fit.mode, fit=fit, strict=strict)
 
@@ -319,4 +326,4 @@ class ElementSofteningLayer(Layer):
         return info
 
 
-__all__ = ["ElementFit", "ElementSofteningLayer", "Design", "build_design", "element_forces", "fit_element_scales", "solve_scales"]
+__all__ = ["Design", "ElementFit", "ElementSofteningLayer", "build_design", "element_forces", "fit_element_scales", "solve_scales"]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import fd_forces, fd_stress, rattled_nacl
 
 
