@@ -1,7 +1,7 @@
 """Softening corrections chosen by ``correct()`` against the raw model, on data they were not fitted on.
 
 Each method (raw, scalar, per-element, auto) is fitted through the public
-``mlff_calc.softening_correct.correct`` on ONE DFT structure (unless stated) and
+``mlff_calc.softening.correct.correct`` on ONE DFT structure (unless stated) and
 tested on the others:
 
 - NaCl-rd: fit on supercell 0, test on 1-9 (residual forces, 64 atoms each).
@@ -44,7 +44,7 @@ def corrected_set(calc, fit_data, out_dir: Path, tag: str) -> tuple[dict, dict]:
     auto's calculator is the one of the method it chose (the same fit on the same data),
     so its test figures are that method's.
     """
-    from mlff_calc.softening_correct import correct
+    from mlff_calc.softening.correct import correct
 
     out = {"raw": calc}
     for method in ("scalar", "elements"):

@@ -15,7 +15,7 @@ def nacl_frames():
 
 
 def _layer(scales, **kw):
-    from mlff_calc.softening_elements import ElementSofteningLayer
+    from mlff_calc.softening.elements import ElementSofteningLayer
 
     return ElementSofteningLayer(scales, **kw)
 
@@ -65,7 +65,7 @@ def test_equal_scales_are_the_scalar_correction(mace_adapter, nacl_frames):
 
 
 def test_per_element_forces_sum_to_the_forces(mace_adapter, nacl_frames):
-    from mlff_calc.softening_elements import element_forces
+    from mlff_calc.softening.elements import element_forces
 
     forces, parts = element_forces(mace_adapter, nacl_frames[0])
     assert sorted(parts) == [11, 17]
@@ -74,7 +74,7 @@ def test_per_element_forces_sum_to_the_forces(mace_adapter, nacl_frames):
 
 
 def test_fit_recovers_known_scales(mace_adapter, nacl_frames):
-    from mlff_calc.softening_elements import fit_element_scales
+    from mlff_calc.softening.elements import fit_element_scales
 
     dataset = _dataset(mace_adapter, nacl_frames, {"Na": 1.3, "Cl": 0.8})
     fit = fit_element_scales(_calc(mace_adapter), dataset, ridge=0.0)
@@ -87,7 +87,7 @@ def test_fit_recovers_known_scales(mace_adapter, nacl_frames):
 
 def test_auto_picks_per_element_when_softening_is_not_uniform(mace_adapter, nacl_frames, tmp_path):
     import mlff_calc
-    from mlff_calc.softening_correct import correct, read_manifest
+    from mlff_calc.softening.correct import correct, read_manifest
 
     dataset = _dataset(mace_adapter, nacl_frames, {"Na": 1.5, "Cl": 0.9})
     corrected = correct(_calc(mace_adapter), dataset, out=tmp_path / "corr")
@@ -102,7 +102,7 @@ def test_auto_picks_per_element_when_softening_is_not_uniform(mace_adapter, nacl
 
 
 def test_auto_falls_back_to_raw_when_nothing_beats_it(mace_adapter, nacl_frames):
-    from mlff_calc.softening_correct import correct
+    from mlff_calc.softening.correct import correct
 
     dataset = _dataset(mace_adapter, nacl_frames[:1], {"Na": 1.0, "Cl": 1.0})  # DFT = the model itself
     corrected = correct(_calc(mace_adapter), dataset)
@@ -114,7 +114,7 @@ def test_auto_falls_back_to_raw_when_nothing_beats_it(mace_adapter, nacl_frames)
 def test_artifact_is_checksummed_and_bound_to_the_model(mace_adapter, nacl_frames, tmp_path):
     import mlff_calc
     from mlff_calc.errors import ArtifactError
-    from mlff_calc.softening_correct import correct
+    from mlff_calc.softening.correct import correct
 
     dataset = _dataset(mace_adapter, nacl_frames, {"Na": 1.5, "Cl": 0.9})
     correct(_calc(mace_adapter), dataset, method="elements", out=tmp_path / "c")
@@ -124,7 +124,7 @@ def test_artifact_is_checksummed_and_bound_to_the_model(mace_adapter, nacl_frame
     fit_path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="checksum"):
         mlff_calc.load(tmp_path / "c", device="cpu", dtype="float64")
-    from mlff_calc.softening_elements import ElementFit
+    from mlff_calc.softening.elements import ElementFit
 
     correct(_calc(mace_adapter), dataset, method="elements", out=tmp_path / "d")
     fit = ElementFit.load(tmp_path / "d" / "element-fit.json")
@@ -135,7 +135,7 @@ def test_artifact_is_checksummed_and_bound_to_the_model(mace_adapter, nacl_frame
 
 def test_bad_arguments_are_refused(mace_adapter, nacl_frames):
     from mlff_calc.errors import ConfigurationError
-    from mlff_calc.softening_correct import correct
+    from mlff_calc.softening.correct import correct
 
     with pytest.raises(ConfigurationError):
         _layer({"Xx": 1.0})
@@ -163,7 +163,7 @@ def test_cli_correct_on_phonopy_data_and_reuse_as_model(tmp_path, monkeypatch):
 
     from mlff_calc.cli import softening as cli_softening
     from mlff_calc.cli.main import main
-    from mlff_calc.softening_correct import METHODS, read_manifest
+    from mlff_calc.softening.correct import METHODS, read_manifest
 
     assert cli_softening.CORRECT_METHODS == METHODS
     folder = shared_path("data", "phonopy", "NaCl")

@@ -27,7 +27,7 @@ def add_executor_options(p) -> None:
 
 
 def build_executor(args):
-    from ..executors import get_executor
+    from ..executors.choose import get_executor
 
     if args.executor == "local":
         return get_executor("local", threads=args.threads)
@@ -42,7 +42,12 @@ def recipe(args):
     other = [opt.flag for opt in LAYER_OPTIONS if opt.flag != "--softening" and getattr(args, opt.dest, None) is not None]
     if other:
         raise ConfigurationError(f"screen rebuilds the model on every worker with --softening as its only layer; {', '.join(other)} cannot be used here")
-    return ModelRecipe(str(args.model), device=args.device, dtype=args.dtype, softening=(str(args.softening),) if getattr(args, "softening", None) else (), compile=bool(getattr(args, "compile", False)))
+    from functools import partial
+
+    from ..softening.layer import SofteningLayer
+
+    layers = (partial(SofteningLayer.from_file, Path(args.softening)),) if getattr(args, "softening", None) else ()
+    return ModelRecipe(str(args.model), device=args.device, dtype=args.dtype, layers=layers, compile=bool(getattr(args, "compile", False)))
 
 
 def add_arguments(p) -> None:
@@ -75,7 +80,7 @@ def task_params(args) -> dict:
 
 
 def run(args) -> int:
-    from ..executors import screen
+    from ..screening import screen
     from .options import read_frames, show_outputs, write_summary
 
     started = time.time()

@@ -25,7 +25,7 @@ SUBTRACT = {"auto": None, "on": True, "off": False}
 #: mlff_calc.softening.MODES and PAPER_WEIGHTS, spelled out so that `--help` stays cheap (a test keeps them equal)
 MODES = ("reference", "total")
 PAPER_WEIGHTS = {"energy_weight": 0.1, "force_weight": 100.0, "stress_weight": 0.1}
-#: mlff_calc.softening_correct.METHODS (a test keeps them equal)
+#: mlff_calc.softening.correct.METHODS (a test keeps them equal)
 CORRECT_METHODS = ("auto", "raw", "scalar", "elements")
 
 
@@ -80,7 +80,7 @@ def _add_correct(p) -> None:
 
 def _run_correct(args) -> dict:
     from ..errors import ConfigurationError
-    from ..softening_correct import correct
+    from ..softening.correct import correct
     from .options import LAYER_OPTIONS, load_calculator
 
     attached = [opt.flag for opt in LAYER_OPTIONS if getattr(args, opt.dest, None) is not None]
@@ -127,7 +127,7 @@ def force_components(calc, dataset, subtract_reference):
     """(model, DFT) force components (eV/Å), flattened, with the same residual-force rule as measure/fit."""
     import numpy as np
 
-    from ..softening import _pairs, _resolve_subtract
+    from ..softening.measure import _pairs, _resolve_subtract
 
     pairs = _pairs(calc, dataset, subtract=_resolve_subtract(dataset, subtract_reference), stress=False)
     return np.concatenate(pairs.model_forces), np.concatenate(pairs.dft_forces)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, file_ending, register
 from .chgnet_graph import angles, bonds
 
 
@@ -138,3 +139,6 @@ class CHGNetAdapter(ModelAdapter):
             return {}
         weights = ref.fc.weight.detach().cpu().double().numpy().reshape(-1)
         return {z: float(weights[z - 1]) for z in range(1, len(weights) + 1)}
+
+
+register(Family("chgnet", CHGNetAdapter, file_ending(".pth.tar", ".pth"), "a CHGNet checkpoint (*.pth.tar)"))

@@ -28,10 +28,11 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, folder_with, register
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +209,6 @@ class M3GNetAdapter(ModelAdapter):
             return {}
         offsets = refs.property_offset.detach().cpu().double().numpy()
         return {atomic_numbers[s]: float(offsets[k]) for k, s in enumerate(self.module.model.element_types)}
+
+
+register(Family("m3gnet", M3GNetAdapter, folder_with("model.json", "state.pt"), "a matgl model (model.json + state.pt)", folder=True))

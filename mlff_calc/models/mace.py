@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ConfigurationError, ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, file_ending, register
 
 log = logging.getLogger(__name__)
 
@@ -311,3 +312,6 @@ class MACEAdapter(ModelAdapter):
         table = torch.atleast_2d(self.module.atomic_energies_fn.atomic_energies)
         row = table[self._head if table.shape[0] > 1 else 0].detach().cpu().double().numpy()
         return {int(z): float(e) for z, e in zip(self.module.atomic_numbers.tolist(), row)}
+
+
+register(Family("mace", MACEAdapter, file_ending(".model"), "a MACE model file (*.model)"))

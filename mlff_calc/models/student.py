@@ -72,6 +72,7 @@ from ase.data import chemical_symbols
 
 from ..errors import ArtifactError, ConfigurationError
 from .base import hand_descriptors, stress_from_strain_gradient
+from .family import Family, folder_with, register
 from .mace import MACEAdapter, strained
 
 log = logging.getLogger(__name__)
@@ -246,19 +247,16 @@ class StudentAdapter(MACEAdapter):
         architecture, and the recorded energy of the check structure. Any mismatch
         raises ArtifactError naming the folder; nothing in it is modified.
         """
-        from ..artifacts import check_manifest, read_json, sha256_file
+        from ..artifacts import check_manifest, read_json
+        from .weights_file import read_weights
 
         folder = Path(path).expanduser()
         manifest = read_json(folder / MANIFEST, kind="student manifest")
         check_manifest(manifest, fmt=STUDENT_FORMAT, versions=(STUDENT_VERSION,), path=folder / MANIFEST)
         arch, weights, trained = _checked_entries(manifest, folder / MANIFEST, cls)
         file = folder / weights["file"]
-        if not file.is_file():
-            raise ArtifactError(f"student weights {file} do not exist")
-        digest = sha256_file(file)
-        if digest != weights["sha256"]:
-            raise ArtifactError(f"student weights {file} do not match the sha256 in {folder / MANIFEST}; the file was changed or is corrupt")
-        state = _read_state_dict(file)
+        state = read_weights(folder, weights, kind="student", manifest_path=folder / MANIFEST)
+        digest = weights["sha256"]
         try:
             module = _build(arch, trained)
         except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
@@ -296,22 +294,6 @@ def _checked_entries(manifest: dict, path: Path, cls) -> tuple[dict, dict, torch
     return arch, weights, trained
 
 
-def _read_state_dict(file: Path) -> dict:
-    if file.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:
-            raise ArtifactError(f"{file} is a safetensors file; install the 'safetensors' package to read it") from exc
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
-        raise ArtifactError(f"student weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArtifactError(f"student weights {file} hold a {type(state).__name__}, not a state_dict of tensors")
-    return state
-
-
 def _check_structure(atoms: Atoms) -> dict:
     return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(), "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
 
@@ -340,8 +322,9 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
     such as the result of :func:`mlff_calc.distill.train_student`, whose teacher,
     data hash, metrics and config are used unless given here).
     """
-    from .. import __version__
-    from ..artifacts import atomic_path, sha256_file, write_json
+    from .._version import __version__
+    from ..artifacts import write_json
+    from .weights_file import write_weights
 
     if not isinstance(student, StudentAdapter) and hasattr(student, "adapter"):
         teacher = teacher if teacher is not None else getattr(student, "teacher", None)
@@ -356,10 +339,7 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
     folder.mkdir(parents=True, exist_ok=True)
     if check_atoms is None:
         check_atoms = _default_check(student)
-    weights = folder / WEIGHTS
-    state = {k: v.detach().cpu().clone() for k, v in student.module.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
+    weights = write_weights(folder, WEIGHTS, student.module.state_dict())
     energy = student.evaluate([check_atoms], ("energy",), min_distance=None)[0]["energy"]
     zs = sorted(student.elements)
     manifest = {
@@ -377,7 +357,7 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
         "metrics": metrics or {},
         "config": config or {},
         "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "length": "Å"},
-        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "kind": "state_dict (torch.save; load with weights_only=True)"},
+        "weights": {**weights, "kind": "state_dict (torch.save; load with weights_only=True)"},
         "check": {**_check_structure(check_atoms), "energy_eV": energy},
     }
     write_json(folder / MANIFEST, manifest)
@@ -392,3 +372,6 @@ def _default_check(student: StudentAdapter) -> Atoms:
     grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float)[:max(n, 8)] * 2.4
     numbers = [zs[k % len(zs)] for k in range(len(grid))]
     return Atoms(numbers=numbers, positions=grid + rng.normal(0, 0.05, grid.shape), cell=np.eye(3) * 4.8, pbc=True)
+
+
+register(Family("student", StudentAdapter, folder_with(MANIFEST), "an mlff_calc student (student.json)", folder=True))

@@ -1,7 +1,7 @@
 """``correct()``: the softening correction that the given DFT data support, chosen by cross-validation.
 
 Candidates: ``raw`` (no correction), ``scalar`` (:func:`mlff_calc.softening.fit_scale`)
-and ``elements`` (:mod:`mlff_calc.softening_elements`, one candidate per ridge
+and ``elements`` (:mod:`mlff_calc.softening.elements`, one candidate per ridge
 strength). Each is scored by the mean absolute force error (eV/Å) on held-out data:
 leave-one-structure-out with two or more structures; with one structure, blocks of
 atoms (slabs along the longest cell vector, so held-out atoms are not neighbours of
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .artifacts import check_manifest, read_json, write_json
-from .errors import ArtifactError, ConfigurationError
-from .softening import DFTDataset, _closed_form, fit_scale
-from .softening_elements import (
+from .. import __version__
+from ..artifacts import check_manifest, read_json, write_json
+from ..errors import ArtifactError, ConfigurationError
+from ..data.dft import DFTDataset
+from .fit import _closed_form, fit_scale
+from .elements import (
     Design,
     ElementFit,
     ElementSofteningLayer,
@@ -153,7 +154,7 @@ def correct(calc, dataset: DFTDataset, method: str = "auto", *, out=None, ridges
     write the artifact to (``mlff_calc.load(out)`` rebuilds the calculator). The method and
     CV scores are in the returned calculator's ``parameters["softening_correction"]``.
     """
-    from .calculator import MLFFCalculator
+    from ..calculator import MLFFCalculator
 
     adapter = getattr(calc, "adapter", None)
     if adapter is None:
@@ -182,7 +183,7 @@ def _summary(manifest: dict) -> dict:
 
 
 def _manifest(adapter, dataset: DFTDataset, choice: Choice) -> dict:
-    from .models.registry import KNOWN_MODELS
+    from ..models.registry import KNOWN_MODELS
 
     base = adapter.model_id if adapter.model_id in KNOWN_MODELS else (str(Path(adapter.source).resolve()) if adapter.source else adapter.model_id)
     return {
@@ -220,7 +221,7 @@ def save(folder, manifest: dict, fit) -> Path:
 
 
 def _layers(method: str, fit) -> list:
-    from .layers.softening import SofteningLayer
+    from .layer import SofteningLayer
 
     if method == "scalar":
         return [SofteningLayer(fit.c, mode=fit.mode, fit=fit)]
@@ -235,9 +236,9 @@ def is_correction(path) -> bool:
 
 def load_corrected(folder, *, device="auto", dtype=None, layers=(), min_distance=0.5, verify=True):
     """The corrected calculator saved by :func:`correct`; ``layers`` go before the correction."""
-    from .calculator import MLFFCalculator
-    from .models.registry import load_adapter
-    from .softening import SofteningFit
+    from ..calculator import MLFFCalculator
+    from ..models.registry import load_adapter
+    from .fit import SofteningFit
 
     folder = Path(folder)
     manifest = read_manifest(folder)

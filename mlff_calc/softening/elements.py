@@ -31,22 +31,16 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 from ase.data import atomic_numbers, chemical_symbols
 
-from . import __version__
-from .artifacts import check_manifest, read_json, write_json
-from .checks import MIN_DISTANCE
-from .errors import ArtifactError, ConfigurationError, InvalidStructureError
-from .layers.base import Layer, Request
-from .softening import (
-    MODES,
-    DFTDataset,
-    _closed_form,
-    _package_version,
-    _resolve_subtract,
-    chemical_system,
-)
+from .. import __version__
+from ..artifacts import check_manifest, read_json, write_json
+from ..checks import MIN_DISTANCE
+from ..errors import ArtifactError, ConfigurationError, InvalidStructureError
+from ..layers.base import Layer, Request
+from ..data.dft import DFTDataset, chemical_system
+from .fit import MODES, _closed_form, _package_version
+from .measure import _resolve_subtract
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +53,8 @@ FORMAT_VERSION = 1
 
 def element_forces(adapter, atoms) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """(forces ``-∇E`` [N, 3], ``{Z: -∇ Σ_{i: Z_i = Z} E_i}``) of one structure, eV/Å, one forward pass."""
+    import torch
+
     rc = adapter._validate([atoms], stress=False, cutoff=None, min_distance=MIN_DISTANCE)
     with torch.enable_grad():
         fwd = adapter._forward([atoms], rc, stress=False, descriptors=False)
@@ -77,6 +73,8 @@ def element_forces(adapter, atoms) -> tuple[np.ndarray, dict[int, np.ndarray]]:
 
 
 def _cat(grads, positions) -> np.ndarray:
+    import torch
+
     full = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, positions)]
     return torch.cat(full).detach().cpu().double().numpy()
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from ase import Atoms
 
 from ..errors import ConfigurationError
-from .chunks import Job, make_chunks
-from .store import ResultsDB
+from ..executors.choose import get_executor
+from ..executors.chunks import Job, make_chunks
+from ..executors.store import ResultsDB
 from .tasks import UNITS, params_for, screen_chunk
 
 
@@ -45,27 +46,10 @@ class ScreenReport:
 
 def job_id(task: str, params: dict, model: dict, structures: Sequence[Atoms]) -> str:
     """A short hash of everything that determines the results."""
-    from ..distill.sample import pack_structures, structures_sha256
+    from ..data.structures import pack_structures, structures_sha256
 
     text = json.dumps({"task": task, "params": params, "model": model, "structures": structures_sha256(pack_structures(structures))}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def get_executor(executor=None, **kwargs):
-    """An executor from a name (``"local"``, ``"ray"``) and its options, or the executor given."""
-    from .base import Executor
-
-    if executor is None or executor == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor(**{k: v for k, v in kwargs.items() if k == "threads"})
-    if executor == "ray":
-        from .ray import RayExecutor
-
-        return RayExecutor(**kwargs)
-    if isinstance(executor, Executor):
-        return executor
-    raise ConfigurationError(f"unknown executor {executor!r}; use 'local' or 'ray'")
 
 
 def screen(structures: Sequence[Atoms], task: str, model, db, *, executor=None, params: dict | None = None, max_atoms: int = 512, max_structures: int = 64, progress: bool | None = None) -> ScreenReport:
