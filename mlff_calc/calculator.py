@@ -141,15 +141,10 @@ def load(model="chgnet", device="auto", dtype=None, *, layers=(), family=None, m
     ``model``: a name (``"chgnet"``, ``"m3gnet-mp-2021.2.8"``, ``"mace-mp-0-medium"``, ...;
     ``mlff-calc models`` lists them) or a path to a model file or folder. Names are
     resolved in ``$MLFF_CALC_MODEL_DIR`` then ``~/.cache/mlff_calc/models``; nothing
-    is downloaded; a folder written by ``softening correct`` gives its corrected model.
-    ``device``: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. ``dtype``:
+    is downloaded. ``device``: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. ``dtype``:
     ``None`` (the family default), ``"float32"`` or ``"float64"``. ``layers``: layer
     objects, applied in order.
     """
     from .models.registry import load_adapter
-    from .softening.correct import is_correction, load_corrected
-
-    if is_correction(model):  # a folder written by mlff_calc.softening.correct()
-        return load_corrected(model, device=device, dtype=dtype, layers=layers, min_distance=min_distance, verify=verify)
     adapter = load_adapter(model, device=device, dtype=dtype, family=family, verify=verify)
     return MLFFCalculator(adapter, layers=list(layers), min_distance=min_distance)

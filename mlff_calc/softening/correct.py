@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts import check_manifest, read_json, write_json
 from ..errors import ArtifactError, ConfigurationError
 from ..data.dft import DFTDataset

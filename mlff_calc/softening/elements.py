@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts import check_manifest, read_json, write_json
 from ..checks import MIN_DISTANCE
 from ..errors import ArtifactError, ConfigurationError, InvalidStructureError
