@@ -1,7 +1,7 @@
 """Softening corrections chosen by ``correct()`` against the raw model, on data they were not fitted on.
 
 Each method (raw, scalar, per-element, auto) is fitted through the public
-``mlff_calc.softening.correct.correct`` on ONE DFT structure (unless stated) and
+``mlff_calc.softening.correct`` on ONE DFT structure (unless stated) and
 tested on the others:
 
 - NaCl-rd: fit on supercell 0, test on 1-9 (residual forces, 64 atoms each).
