@@ -136,7 +136,8 @@ class MLFFCalculator(Calculator):
         if "descriptors" in model_props:
             hooks = {layer.name: fn for layer in self.layers if (fn := layer.descriptor_hook(request)) is not None}
         on_descriptors = (lambda *args: {name: fn(*args) for name, fn in hooks.items()}) if hooks else None
-        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance, on_descriptors=on_descriptors)
+        weights = {"node_weights": request.node_weights} if request.node_weights else {}
+        results = self.adapter.evaluate(atoms_list, model_props, cutoff=request.cutoff, min_distance=self.min_distance, on_descriptors=on_descriptors, **weights)
         for res in results:
             jobs, b = res.pop("descriptor_jobs", ({}, 0))
             request.jobs.append({name: (value, b) for name, value in jobs.items()})
@@ -151,7 +152,8 @@ class MLFFCalculator(Calculator):
         """Energy Hessian rows (eV/Å²) with layers applied; forces are -∇E so dF/dx = -H."""
         atoms = self.atoms if atoms is None else atoms
         request = self._request([atoms], {"energy", "forces"})
-        hessian = self.adapter.hessian(atoms, rows, method=method, cutoff=request.cutoff, min_distance=self.min_distance)
+        weights = {"node_weights": request.node_weights} if request.node_weights else {}
+        hessian = self.adapter.hessian(atoms, rows, method=method, cutoff=request.cutoff, min_distance=self.min_distance, **weights)
         for layer in reversed(self.layers):
             hessian = layer.transform_hessian(atoms, hessian)
         return hessian
@@ -192,6 +194,5 @@ def load(model="chgnet", device="auto", dtype=None, *, layers=(), family=None, m
     objects, applied in order.
     """
     from .models.registry import load_adapter
-
     adapter = load_adapter(model, device=device, dtype=dtype, family=family, verify=verify)
     return MLFFCalculator(adapter, layers=list(layers), min_distance=min_distance)

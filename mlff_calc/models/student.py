@@ -228,10 +228,10 @@ class StudentAdapter(MACEAdapter):
             return None
         return compiled
 
-    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None) -> dict:
-        compiled = self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None, node_weights=None) -> dict:
+        compiled = None if node_weights else self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
         if compiled is None:
-            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors)
+            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors, node_weights=node_weights)
         graph = self.graph(atoms_list, rc)
         graph["positions"].requires_grad_(True)
         strain = torch.zeros(len(atoms_list), 3, 3, dtype=self.dtype, device=self.device, requires_grad=True) if stress else None
