@@ -11,6 +11,7 @@ from ase.build import bulk
 
 from helpers import rattled_nacl, shared_path
 
+from mlff_calc.artifacts import stamp
 from mlff_calc.calculator import MLFFCalculator
 from mlff_calc.errors import ArtifactError, ConfigurationError, InvalidStructureError
 from mlff_calc.layers.softening import SofteningLayer
@@ -252,7 +253,7 @@ def test_fit_of_another_model_is_refused(chgnet_adapter, si_fit, tmp_path):
     path = tmp_path / "fit.json"
     data = si_fit.to_dict()
     data["model_id"] = "m3gnet:M3GNet-MP-2021.2.8-PES"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(stamp(data)))
     layer = SofteningLayer.from_file(path)
     with pytest.raises(ArtifactError, match="made for model 'm3gnet:M3GNet-MP-2021.2.8-PES', not 'chgnet-0.3.0'"):
         MLFFCalculator(chgnet_adapter, layers=[layer])

@@ -25,7 +25,6 @@ source when it differs from the training source; ``--no-calibration`` skips it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -125,9 +124,13 @@ def run_inputs(args) -> dict:
     if (run / "student.json").is_file() or (run / "train-history.json").is_file():
         labels = args.labels
         if labels is None:
+            from ..artifacts import read_json
+
+            if not (run / "train-history.json").is_file():
+                raise ConfigurationError(f"{run} holds no train-history.json naming the label store; pass --labels")
             try:
-                labels = json.loads((run / "train-history.json").read_text())["config"]["label_store"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                labels = read_json(run / "train-history.json", kind="training history")["config"]["label_store"]
+            except (KeyError, TypeError) as exc:
                 raise ConfigurationError(f"{run}/train-history.json does not name the label store; pass --labels") from exc
         labels = Path(labels)
         if not labels.is_dir():

@@ -236,6 +236,7 @@ def finetune(
     log.info("fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å", base["model_id"], groups, len(train), metrics["train_time_s"], before["train"]["force_mae"], after["train"]["force_mae"], before["valid"]["force_mae"], after["valid"]["force_mae"])
     if out_dir is not None:
         save_finetuned(result, out_dir)
+        error_log.write(out_dir / ERROR_LOG, model=adapter)  # bound to the final weights
     return result
 
 
