@@ -24,6 +24,7 @@ def run(args) -> int:
     import ase.io
     from tqdm import tqdm
 
+    from .._runtime import snapshot
     from ..artifacts import atomic_path, write_json
     from .options import load_calculator, read_frames, run_summary
 
@@ -36,8 +37,10 @@ def run(args) -> int:
         chunk = frames[start : start + args.batch_size]
         props = ("energy", "forces", "stress") if all(a.pbc.all() for a in chunk) else ("energy", "forces")
         results.extend(calc.evaluate(chunk, props))
-    for atoms, res in zip(frames, results):
+    for k, (atoms, res) in enumerate(zip(frames, results)):
         atoms.calc = None
+        # layer outputs (e.g. LTAU uncertainties) go into arrays/info as snapshot() writes them
+        atoms = frames[k] = snapshot(atoms, {key: v for key, v in res.items() if key not in ("energy", "forces", "stress")})
         atoms.info["energy"] = res["energy"]
         atoms.arrays["forces"] = res["forces"]
         if "stress" in res:
