@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .types import NON_NEGATIVE, ase_index
+from .types import NON_NEGATIVE, ase_index, index_list
 
 HELP = "measure a model's force softening against DFT, fit the correction scale c (see --softening), or choose a correction (correct)"
 
@@ -75,7 +75,7 @@ def _add_correct(p) -> None:
     add_dft_options(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the corrected model (load it with --model DIR)")
     p.add_argument("--method", default="auto", choices=list(CORRECT_METHODS), help="auto: the candidate with the lowest held-out force MAE (raw when nothing beats it)")
-    p.add_argument("--index", default=None, help="structures of the data to fit on, comma-separated (e.g. 0 or 0,3); default: all")
+    p.add_argument("--index", type=index_list, default=None, help="structures of the data to fit on, comma-separated (e.g. 0 or 0,3); default: all")
     add_model_options(p)
     add_output_options(p, "softening")
 
@@ -90,10 +90,7 @@ def _run_correct(args) -> dict:
         raise ConfigurationError(f"softening correct corrects the bare model; drop {', '.join(attached)}")
     dataset = read_dataset(args)
     if args.index is not None:
-        try:
-            picked = [int(i) for i in str(args.index).split(",")]
-        except ValueError:
-            raise ConfigurationError(f"--index {args.index!r} is not a comma-separated list of structure numbers") from None
+        picked = args.index
         bad = [i for i in picked if not 0 <= i < len(dataset)]
         if bad:
             raise ConfigurationError(f"--index {bad[0]} is outside the {len(dataset)} structures of {dataset.source}")

@@ -93,6 +93,14 @@ def ase_index(value) -> str:
     return text
 
 
+def index_list(value) -> list[int]:
+    """Comma-separated structure numbers (``0`` or ``0,3``), each ≥ 0."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+        raise argparse.ArgumentTypeError(f"must be comma-separated structure numbers ≥ 0 (e.g. 0 or 0,3), got {value!r}")
+    return [int(i) for i in text.split(",")]
+
+
 def device(value) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     if not isinstance(value, str) or not _DEVICE.fullmatch(value.strip()):

@@ -20,7 +20,7 @@ import mlff_calc
 from mlff_calc import _runtime
 from mlff_calc.cli import options
 from mlff_calc.cli.main import build_parser, main
-from mlff_calc.cli.types import Number, ase_index, device
+from mlff_calc.cli.types import Number, ase_index, device, index_list
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_every_numeric_option_is_checked():
         flag = action.option_strings[-1]
         assert action.type not in (int, float), f"{prog} {flag} parses with a bare {action.type.__name__}"
         if flag == "--index" and action.choices is None:
-            assert action.type is ase_index, f"{prog} {flag}"
+            assert action.type in (ase_index, index_list), f"{prog} {flag}"
         if flag == "--device":
             assert action.type is device, f"{prog} {flag}"
         seen += isinstance(action.type, Number)
@@ -153,6 +153,10 @@ def test_number_type():
         with pytest.raises(Exception, match="must be"):
             Number(int)(bad)
     assert ase_index(-1) == "-1" and ase_index("0:10:2") == "0:10:2" and ase_index(":") == ":"
+    assert index_list("0") == [0] and index_list("0, 3") == [0, 3]
+    for bad in ("-1", "0,", "a", "1:2", True):
+        with pytest.raises(Exception, match="must be"):
+            index_list(bad)
 
 
 # --config -------------------------------------------------------------------------------------------

@@ -69,9 +69,10 @@ def test_out_of_memory_in_a_batch_names_the_batch(monkeypatch, mace_adapter):
         raise MemoryError()
 
     monkeypatch.setattr(mace_adapter, "_forward", forward)
-    with pytest.raises(CalculationFailed) as info:
+    # the batch backs off (halving, with a warning naming it) until one structure alone fails
+    with pytest.warns(RuntimeWarning, match=r"3 structures \(192 atoms\)"), pytest.raises(CalculationFailed) as info:
         MLFFCalculator(mace_adapter).evaluate([si64(), si64(), si64()])
-    assert "192 atoms" in str(info.value) and "3 structure" in str(info.value), str(info.value)
+    assert "64 atoms" in str(info.value) and "1 structure" in str(info.value), str(info.value)
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch, mace_adapter):
