@@ -18,9 +18,6 @@ PACKAGE = ROOT / "mlff_calc"
 MAX_LINES = 500
 #: split by another change of issue 17 (one module per demo section)
 LONG_FILES_PENDING = {"cli/demo.py"}
-#: the CLI's layer options import the verbs that import them; removed when layer
-#: flags are built by Layer.from_option() (issue 17)
-CYCLES_PENDING = {frozenset({"mlff_calc.cli.options", "mlff_calc.cli.ltau", "mlff_calc.cli.rewire", "mlff_calc.cli.ttt"})}
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -76,8 +73,7 @@ def test_import_graph_has_no_cycle():
     graph = {m: set(built.find_modules_directly_imported_by(m)) for m in built.modules}
     assert len(graph) > 50 and sum(map(len, graph.values())) > 200  # the graph really holds the package
     cycles = [c for c in strongly_connected(graph) if len(c) > 1 or c & graph[next(iter(c))]]
-    unexpected = [sorted(c) for c in cycles if not any(c <= pending for pending in CYCLES_PENDING)]
-    assert not unexpected, f"import cycles: {unexpected}"
+    assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"
 
 
 def test_no_file_of_the_package_is_over_500_lines():

@@ -14,13 +14,11 @@ log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 EXACT_SEARCH = ("auto", "faiss", "kdtree", "blocked")
-#: ``exact_search="auto"`` uses a k-d tree up to this descriptor dimension. Measured
-#: (benchmarks/ltau_speed*.py, 100k atoms, 216 queries, k = 10): 9x faster than faiss's
-#: brute force for the student's 16-d descriptors, 3.3x for CHGNet's 64-d ones.
+#: ``exact_search="auto"`` uses a k-d tree up to this descriptor dimension (faster than
+#: faiss's brute force up to CHGNet's 64-d descriptors: BENCHMARKS.md §7.1).
 KDTREE_MAX_DIM = 64
-#: HNSW build breadth. Measured on 1M student descriptors (16-d, benchmarks/ltau_hnsw_build.py), M 32:
-#: efConstruction 80 needed efSearch 24 for recall@10 >= 0.95 (5.8 ms for 216 queries, built in 36 s),
-#: 200 needed efSearch 20 (5.1 ms, built in 97 s on 2 threads): the graph is built once, searched every call.
+#: HNSW build breadth: a wider build lowers the efSearch needed for recall@10 >= 0.95; the graph
+#: is built once and searched every call (benchmarks/ltau_hnsw_build.py, BENCHMARKS.md §7.1).
 HNSW_EF_CONSTRUCTION = 200
 
 

@@ -3,8 +3,7 @@
 :class:`KDTreeSearch` builds scipy's k-d tree in the principal axes of the
 training vectors. A rotation keeps every distance, and model descriptors
 spread along a few directions, so splits along those directions prune far
-better: 2-2.5x faster queries than the tree in the raw axes, measured on a
-student's 16-d descriptors (benchmarks/ltau_speed.py).
+better than in the raw axes (benchmarks/ltau_speed.py, BENCHMARKS.md §7.1).
 
 
 For descriptors of more than a few dozen dimensions a k-d tree degrades to a

@@ -1,10 +1,9 @@
 """CHGNet's graph inputs from a neighbour list, with numpy instead of Python objects.
 
 chgnet's own converter (even its "fast" C path) builds a Python ``Edge`` object per
-directed edge and walks them in Python for the line graph: ~18 ms of
-GIL-holding work per 64-atom cell, a quarter of a whole CHGNet call, and the
-reason two CPU threads could not evaluate two structures at once. The arrays
-below carry the same content as chgnet's ``Graph.adjacency_list`` and
+directed edge and walks them in Python for the line graph: GIL-holding work
+(BENCHMARKS.md §1), and the reason two CPU threads could not evaluate two
+structures at once. The arrays below carry the same content as chgnet's ``Graph.adjacency_list`` and
 ``Graph.line_graph_adjacency_list``:
 
 - ``atom_graph`` [E, 2]: directed edges ``(center, neighbour)``, in neighbour-list order;

@@ -193,7 +193,7 @@ class M3GNetAdapter(ModelAdapter):
         """M3GNet's three-body line graph from matgl's tensor-only builder.
 
         Left to itself, matgl's PyG M3GNet enumerates bond pairs with a Python loop
-        over atoms (~7 ms per 64-atom cell, holding the GIL); its tensor port gives
+        over atoms (holding the GIL); its tensor port gives
         the same indices. Distances come from the same matgl function as the
         model's, so the cutoff test agrees bond for bond (matgl checks it). A matgl
         without that builder gets ``None`` (matgl then builds the graph itself).

@@ -13,49 +13,15 @@ The student is conservative: forces are -∇E and stress the strain derivative,
 computed by :class:`~mlff_calc.models.mace.MACEAdapter`; double backward works
 (Hessian rows by autograd).
 
-Default size (:data:`DEFAULT_ARCHITECTURE`), chosen by measurement on this
-project's shared 2-core CPU (1 torch thread, float32, diamond Si).
-``benchmarks/student_sizes.py`` (medians of 5 interleaved rounds): one
-energy+forces+stress call on 64 / 216 atoms, and one training step on 4x64
-atoms with the energy+force loss, then with 4 Hessian rows per structure (VJPs
-with ``create_graph``). CHGNet 0.3.0 takes 97 / 322 ms for the same calls::
-
-    channels L ell corr int r_max  params  E+F+S 64  216 at.  step  step+H(4)
-    16       0  2   2    1   4.5     4448   10.8 ms  20.1 ms  52 ms   357 ms
-    16       0  2   3    1   5.0     4624   14.5 ms  26.7 ms  74 ms   542 ms
-    16       0  2   2    2   4.5     9136   17.0 ms  36.5 ms 100 ms   628 ms
-    16       0  2   2    2   5.0     9136   17.7 ms  40.2 ms 115 ms   793 ms
-    32       0  2   2    2   4.5    21840   21.9 ms  47.4 ms 145 ms  1148 ms
-    16       1  2   2    2   4.5    12800   27.6 ms  63.2 ms 201 ms  1505 ms
-
-Accuracy at equal budget (10 epochs, λ_KD = 0, the 141 training / 30 test
-structures of ``benchmarks/distill_si.py``, CHGNet labels), test force MAE:
-1 interaction r 4.5 Å 0.0396 eV/Å; 2 interactions r 4.5 Å 0.0387 eV/Å;
-1 interaction r 5.0 Å correlation 3 0.0412 eV/Å. The second interaction buys
-2 % in force MAE for 1.6x the inference and 1.8x the Hessian-training cost, so
-the default is the first row: 16 channels, max_L 0, max_ell 2, correlation 2,
-one interaction, r_max 4.5 Å (the first two neighbour shells of diamond Si,
-2.35 and 3.84 Å, lie well inside; the third, at 4.50 Å, is cut off).
-
-Where the cost goes (profiled, 64 atoms, eager): about half in mace's forward
-(~400 small tensor ops: e3nn tensor products, spherical harmonics, radial MLP,
-symmetric contraction), a third in the backward pass for forces and stress, and
-under 10 % in mlff_calc (input checks 0.2 ms, matscipy neighbour list 0.5 ms,
-tensor building). Per-op overhead dominates at this size, so shrinking the
-network helps less than fusing ops: :meth:`StudentAdapter.compile` (inference
-only) runs the whole call, backward pass included, as one compiled graph and
-cuts a call by 53-59 % (BENCHMARKS.md §6.1).
-
+Default size (:data:`DEFAULT_ARCHITECTURE`): 16 channels, max_L 0, max_ell 2,
+correlation 2, one interaction, r_max 4.5 Å (the first two neighbour shells of
+diamond Si lie inside; the third, at 4.50 Å, is cut off). It was chosen by
+measuring cost and accuracy of the candidates (``benchmarks/student_sizes.py``;
+figures in BENCHMARKS.md §6.1). Per-op overhead dominates a call at this size, so
+fusing ops helps more than shrinking the network: :meth:`StudentAdapter.compile`
+(inference only) runs the whole call, backward pass included, as one compiled graph.
 :data:`FAST_ARCHITECTURE` (8 channels, max_ell 1, 6 Bessel functions, radial MLP
-[16]; 712 parameters for Si) is the cheapest variant measured. Same budget and
-method on the Si set of ``benchmarks/student_dft.py`` (201 CHGNet-labelled
-configurations at the VASP lattice constant), test force MAE against CHGNet:
-default 0.0390, 8 channels / max_ell 2 / 6 Bessel / MLP [16] 0.0438, 16 channels
-/ max_ell 1 0.0477, FAST 0.0517 eV/Å. Trained with the Hessian term: Si 0.0390
-(default) vs 0.0517 (FAST), NaCl 0.0304 vs 0.0322. Compiled, FAST is 22-26x
-faster than CHGNet on 64 atoms and 43-45x on 216 (quiet CPU, BENCHMARKS.md
-§6.1); the compiled default 15-18x and 25-26x. The default stays the more
-accurate one.
+[16]) is cheaper and less accurate; the default stays the more accurate one.
 """
 
 from __future__ import annotations
@@ -95,7 +61,7 @@ DEFAULT_ARCHITECTURE = {
     "radial_mlp": [32, 32],
     "mlp_irreps": "16x0e",
 }
-#: the cheapest measured variant (1.4-1.8x faster than the default when compiled; +33 % Si force error vs the teacher)
+#: the cheapest candidate size: faster, less accurate than the default (BENCHMARKS.md §6.1)
 FAST_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "channels": 8, "max_ell": 1, "num_bessel": 6, "radial_mlp": [16], "mlp_irreps": "8x0e"}
 _ARCH_KEYS = set(DEFAULT_ARCHITECTURE) | {"atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift", "seed"}
 
@@ -209,7 +175,7 @@ class StudentAdapter(MACEAdapter):
             p.requires_grad_(False)
         self._compiled = torch.compile(whole, dynamic=dynamic, fullgraph=_TRACES_AUTOGRAD)
         self._compile_options = {"dynamic": dynamic}
-        self._watched = list(self.module.parameters())  # walked once: module traversal costs ~0.2 ms a call
+        self._watched = list(self.module.parameters())  # walked once: module traversal costs time on every call
         self._compiled_versions = self._weight_versions()
         return self
 
