@@ -44,7 +44,8 @@ def run(args) -> int:
         ase.io.write(tmp, frames, format="extxyz")
     table = [{"index": i, "formula": a.get_chemical_formula(), "energy_eV": r["energy"], "energy_per_atom_eV": r["energy"] / len(a)} for i, (a, r) in enumerate(zip(frames, results))]
     summary_path = args.out_dir / "singlepoint-summary.json"
-    write_json(summary_path, run_summary(args, calc, started=started, outputs={"structures": out_xyz, "summary": summary_path}, results={"frames": table}))
+    units = {"energy": "eV", "energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³ (Voigt order xx yy zz yz xz xy)"}
+    write_json(summary_path, run_summary(args, calc, started=started, outputs={"structures": out_xyz, "summary": summary_path}, results={"frames": table}, units=units))
     for row in table:
         print(f"{row['index']:>5}  {row['formula']:<16} {row['energy_eV']:>14.6f} eV  {row['energy_per_atom_eV']:>10.6f} eV/atom")
     print(f"wrote {out_xyz} and {summary_path}")

@@ -26,7 +26,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ..artifacts import atomic_path
 from ..errors import ArtifactError, ConfigurationError
 from . import UNITS, default_prefix, output_path, progress_bar, snapshot
-from .base import Workflow
+from .base import Workflow, result_dict
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,26 @@ ENSEMBLES = {"nve": _nve, "nvt-langevin": _langevin, "nvt-nose-hoover": _nose_ho
 
 @dataclass
 class MDResult:
-    """Outcome of :meth:`MolecularDynamics.run`. ``log`` maps each of LOG_COLUMNS to an array."""
+    """Outcome of :meth:`MolecularDynamics.run`. ``log`` maps each of LOG_COLUMNS to an array.
+
+    The E_tot drift is a check of energy conservation, so it is given for NVE only
+    (``None`` with a thermostat or barostat, which exchange energy by design).
+    """
 
     atoms: Atoms
     n_steps: int
     log: dict[str, np.ndarray] = field(default_factory=dict)
-    drift_eV_per_atom_per_ps: float = float("nan")
+    drift_eV_per_atom_per_ps: float | None = float("nan")
     mean_temperature_K: float = float("nan")
+    ensemble: str = "nve"
+    max_abs_drift_eV_per_atom: float | None = None
+
+    def to_dict(self) -> dict:
+        out = {"formula": self.atoms.get_chemical_formula(), "n_atoms": len(self.atoms), "n_log_rows": int(len(self.log.get("step", ())))} | result_dict(self)
+        if self.ensemble != "nve":
+            out = {k: v for k, v in out.items() if "drift" not in k}
+            out["log"] = {k: v for k, v in out["log"].items() if "drift" not in k}
+        return out
 
 
 class MolecularDynamics(Workflow):
@@ -281,22 +294,22 @@ class MolecularDynamics(Workflow):
         self.write_restart(work=work, step=final_step)
         table = {c: np.array([r[c] for r in rows]) for c in LOG_COLUMNS}
         table["step"] = table["step"].astype(int)
-        drift_rate = float(np.polyfit(table["time_ps"], table["drift_eV_per_atom"], 1)[0]) if len(rows) > 1 else float("nan")
+        nve = self.ensemble == "nve"
+        drift_rate = max_drift = None
+        if nve:
+            drift_rate = float(np.polyfit(table["time_ps"], table["drift_eV_per_atom"], 1)[0]) if len(rows) > 1 else float("nan")
+            max_drift = float(np.max(np.abs(table["drift_eV_per_atom"]))) if rows else float("nan")
         self.result = MDResult(
             atoms=self._frame(work, final_step),
             n_steps=int(dyn.nsteps),
             log=table,
             drift_eV_per_atom_per_ps=drift_rate,
             mean_temperature_K=float(np.mean(table["T_K"])),
+            ensemble=self.ensemble,
+            max_abs_drift_eV_per_atom=max_drift,
         )
-        log.info(
-            "md %s %s: %d steps, <T> = %.1f K, drift %.3g eV/atom/ps",
-            self.ensemble,
-            work.get_chemical_formula(),
-            dyn.nsteps,
-            self.result.mean_temperature_K,
-            drift_rate,
-        )
+        drift_text = f", E_tot drift {drift_rate:.3g} eV/atom/ps" if nve else ""
+        log.info("md %s %s: %d steps, <T> = %.1f K%s", self.ensemble, work.get_chemical_formula(), dyn.nsteps, self.result.mean_temperature_K, drift_text)
         return self.result
 
     def write_restart(self, path=None, *, work: Atoms | None = None, step: int | None = None) -> Path:
@@ -323,7 +336,7 @@ class MolecularDynamics(Workflow):
                 "seed": self.seed,
                 "step_offset": self.step_offset,
             },
-            result={"n_steps": res.n_steps, "drift_eV_per_atom_per_ps": res.drift_eV_per_atom_per_ps, "mean_temperature_K": res.mean_temperature_K},
+            result={k: v for k, v in res.to_dict().items() if k != "log"},
             units=UNITS,
             output_files={k: v for k, v in self.output_files.items() if v is not None},
         )

@@ -81,6 +81,13 @@ def test_nve_conserves_energy(nve):
     np.testing.assert_allclose(table[:, header.index("E_tot_eV")], res.log["E_tot_eV"], rtol=1e-7)
 
 
+def test_nve_reports_its_drift(nve):
+    _, res = nve
+    summary = res.to_dict()
+    assert summary["drift_eV_per_atom_per_ps"] == pytest.approx(res.drift_eV_per_atom_per_ps)
+    assert summary["max_abs_drift_eV_per_atom"] == pytest.approx(np.abs(res.log["drift_eV_per_atom"]).max())
+
+
 def test_trajectory_keeps_forces_and_extra_results(nve):
     wf, res = nve
     frames = read(wf.output_files["trajectory"], ":")
@@ -137,6 +144,11 @@ def test_langevin_temperature(calc, tmp_path):
     print(f"\nLangevin Si8 at 300 K: <T> over the second half = {t_late:.0f} K")
     assert 150 < t_late < 500
     assert wf.output_files["trajectory"] is None
+    # E_tot is not conserved with a thermostat: no "drift" is reported for it
+    assert res.drift_eV_per_atom_per_ps is None and res.max_abs_drift_eV_per_atom is None
+    summary = res.to_dict()
+    assert not [k for k in summary if "drift" in k] and "drift_eV_per_atom" not in summary["log"]
+    assert summary["mean_temperature_K"] == pytest.approx(res.log["T_K"].mean())
 
 
 @pytest.mark.parametrize("ensemble", ["nvt-nose-hoover", "npt"])

@@ -81,6 +81,14 @@ def test_si_vacancy_formation_energy(calc, si, tmp_path):
     assert relaxed.formation_energy_eV <= unrelaxed.formation_energy_eV + 1e-4
 
 
+def test_defect_result_names_the_host_supercell(calc):
+    res = PointDefect(bulk("Si", "diamond", A0), calc, supercell=(2, 2, 2), kind="vacancy", relax=False).run()
+    summary = res.to_dict()
+    assert res.host_formula == summary["formula"] == "Si16" and summary["defect_formula"] == "Si15"
+    assert summary["n_atoms_host"] == 16 and summary["supercell"] == [2, 2, 2]
+    assert summary["chemical_potentials_eV"]["Si"] == pytest.approx(res.host_energy_eV / 16)
+
+
 def test_defect_building_and_chemical_potentials(si):
     nacl = bulk("NaCl", "rocksalt", 5.64, cubic=True)
     host, defect, dn = PointDefect(nacl, None, supercell=(1, 1, 1), kind="antisite", site=0).build()
