@@ -60,10 +60,12 @@ def main(argv=None) -> int:
     args._argv = argv
     setup_logging(args.verbose)
     try:
+        from ._warnings import quiet_third_party_warnings
         from .options import apply_config
 
         defaults = {a.dest: a.default for a in args._parser._actions}
-        return int(args._run(apply_config(args, defaults)) or 0)
+        with quiet_third_party_warnings():
+            return int(args._run(apply_config(args, defaults)) or 0)
     except MLFFError as exc:
         print(f"mlff-calc {args.verb}: error: {exc}", file=sys.stderr)
         return 2
