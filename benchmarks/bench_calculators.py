@@ -56,7 +56,7 @@ def make_pair(name: str, device: str):
     if name == "mace-medium":
         import tempfile
 
-        from mlff_calc._scope import isolated
+        from mlff_calc._runtime import isolated
         from mlff_calc.models.mace import MACEAdapter
         from mlff_calc.models.mace_build import build_scaleshift_mace
 

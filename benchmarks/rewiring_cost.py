@@ -26,11 +26,11 @@ from mlff_calc.artifacts import atomic_path, write_json
 from mlff_calc.rewiring import (
     DENSE_MAX,
     SpectrumReference,
-    _pairs,
     choose_radius,
     histogram_distance,
     laplacian_spectrum,
 )
+from mlff_calc.rewiring.spectrum import _pairs
 
 RC = 5.0
 REPS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11)  # 64 ... 10,648 atoms

@@ -122,3 +122,12 @@ class MLFFCalculator(Calculator):
         for layer in self.layers:
             layer.reset()
         self.reset()
+
+
+def as_calculator(model) -> MLFFCalculator:
+    """An MLFFCalculator for ``model`` (an MLFFCalculator already, or a bare model adapter)."""
+    if isinstance(model, MLFFCalculator):
+        return model
+    if hasattr(model, "compute") and hasattr(model, "hessian"):
+        return MLFFCalculator(model)
+    raise ConfigurationError(f"the teacher must be an mlff_calc calculator or model adapter, not {type(model).__name__}")

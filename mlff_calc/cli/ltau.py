@@ -115,7 +115,7 @@ def read_spec(spec: str):
 
 def calibration_data(spec):
     """Label store folder, or a DFT data spec as ``[(atoms, forces)]``."""
-    from ..distill.labels import LabelStore
+    from ..data.labels import LabelStore
 
     if Path(str(spec)).is_dir():
         return LabelStore(Path(spec))

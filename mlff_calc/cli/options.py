@@ -13,6 +13,7 @@ from typing import Callable
 
 import yaml
 
+from .._runtime import restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
 from ..errors import ConfigurationError
 
 
@@ -97,38 +98,6 @@ def add_layer_options(p: argparse.ArgumentParser) -> None:
 def build_layers(args) -> list:
     """The layers asked for on the command line (or in ``--config``), in :data:`LAYER_OPTIONS` order."""
     return [opt.build(getattr(args, opt.dest), args) for opt in LAYER_OPTIONS if getattr(args, opt.dest, None) is not None]
-
-
-def set_threads(threads: int | None) -> dict:
-    """Set torch's CPU threads and the BLAS libraries' (numpy, scipy) to ``threads``; return the previous settings.
-
-    For CLI processes only (library code never sets thread counts). On a small,
-    shared machine one thread is often much faster: two OpenMP threads made small
-    CHGNet evaluations 10-40x slower here, and two OpenBLAS threads made the 3x3
-    matrix functions of ASE's FrechetCellFilter ~100x slower. ``None`` changes
-    nothing. Pass the returned dict to :func:`restore_threads` to undo.
-    """
-    if threads is None:
-        return {}
-    if int(threads) < 1:
-        raise ConfigurationError(f"--threads must be at least 1, got {threads}")
-    import scipy.linalg  # noqa: F401  load scipy's own BLAS too (ASE's cell filters use it)
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    previous = {"torch": torch.get_num_threads(), "blas": threadpool_limits(limits=int(threads), user_api="blas")}
-    torch.set_num_threads(int(threads))
-    return previous
-
-
-def restore_threads(previous: dict) -> None:
-    """Undo :func:`set_threads`."""
-    if not previous:
-        return
-    import torch
-
-    torch.set_num_threads(previous["torch"])
-    previous["blas"].restore_original_limits()
 
 
 # structures -----------------------------------------------------------------------

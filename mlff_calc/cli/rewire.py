@@ -74,7 +74,7 @@ def student_training_set(adapter) -> tuple[list, str]:
     The store is looked up as recorded, then relative to the student folder and its
     parent; its content hash must equal the student's ``training_data_sha256``.
     """
-    from ..distill.labels import MANIFEST, LabelStore
+    from ..data.labels import MANIFEST, LabelStore
     from ..errors import ArtifactError, ConfigurationError
 
     manifest = getattr(adapter, "manifest", None) or {}

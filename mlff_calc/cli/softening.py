@@ -81,7 +81,7 @@ def force_components(calc, dataset, subtract_reference):
     """(model, DFT) force components (eV/Å), flattened, with the same residual-force rule as measure/fit."""
     import numpy as np
 
-    from ..softening import _pairs, _resolve_subtract
+    from ..softening.measure import _pairs, _resolve_subtract
 
     pairs = _pairs(calc, dataset, subtract=_resolve_subtract(dataset, subtract_reference), stress=False)
     return np.concatenate(pairs.model_forces), np.concatenate(pairs.dft_forces)

@@ -18,7 +18,6 @@ cell, pbc; no pickle) and writes itself as ``samples.npz`` plus a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.constraints import FixAtoms
 
-from .. import __version__
+from .._version import __version__
 from ..artifacts import check_manifest, read_json, read_npz, sha256_file, write_json, write_npz
+from ..data.structures import pack_structures, structures_sha256, unpack_structures  # noqa: F401 (re-exported)
 from ..errors import ArtifactError, ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -37,54 +36,6 @@ log = logging.getLogger(__name__)
 SAMPLES_FORMAT = "mlff_calc.samples"
 SAMPLES_VERSION = 1
 SPLITS = ("train", "valid", "test")
-
-
-# structures as plain arrays ----------------------------------------------------------
-
-
-def pack_structures(structures: Sequence[Atoms]) -> dict[str, np.ndarray]:
-    """Concatenated arrays of many structures: atoms stacked, one cell/pbc row per structure.
-
-    ``fixed`` marks atoms held by a ``FixAtoms`` constraint (their rows are not free DOF).
-    """
-    n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
-    fixed = []
-    for atoms in structures:
-        mask = np.zeros(len(atoms), dtype=bool)
-        for constraint in atoms.constraints:
-            if isinstance(constraint, FixAtoms):
-                mask[constraint.get_indices()] = True
-        fixed.append(mask)
-    return {
-        "numbers": np.concatenate([a.numbers for a in structures]).astype(np.int64),
-        "positions": np.concatenate([a.positions for a in structures]).astype(np.float64),
-        "cell": np.stack([a.cell.array for a in structures]).astype(np.float64),
-        "pbc": np.stack([a.pbc for a in structures]).astype(bool),
-        "n_atoms": n_atoms,
-        "fixed": np.concatenate(fixed),
-    }
-
-
-def unpack_structures(arrays: dict[str, np.ndarray]) -> list[Atoms]:
-    """Inverse of :func:`pack_structures`."""
-    bounds = np.cumsum([0, *arrays["n_atoms"].tolist()])
-    out = []
-    for b in range(len(arrays["n_atoms"])):
-        sl = slice(bounds[b], bounds[b + 1])
-        atoms = Atoms(numbers=arrays["numbers"][sl], positions=arrays["positions"][sl], cell=arrays["cell"][b], pbc=arrays["pbc"][b])
-        if "fixed" in arrays and arrays["fixed"][sl].any():
-            atoms.set_constraint(FixAtoms(mask=arrays["fixed"][sl]))
-        out.append(atoms)
-    return out
-
-
-def structures_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """A content hash of packed structures (independent of how they were stored)."""
-    digest = hashlib.sha256()
-    for key in ("numbers", "positions", "cell", "pbc", "n_atoms"):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -261,7 +212,7 @@ def sample(structures: Atoms | Sequence[Atoms], teacher=None, *, temperatures_K:
     ``temperatures_K`` and ``md_frames_per_T`` are non-empty/non-zero). Counts are
     per input structure. Returns a :class:`SampleSet` with splits assigned.
     """
-    from ..workflows import progress_bar
+    from .._runtime import progress_bar
 
     structures = [structures] if isinstance(structures, Atoms) else list(structures)
     if not structures:

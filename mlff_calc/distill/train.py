@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..artifacts import write_json, write_npz
+from ..artifacts import write_json
 from ..errors import ConfigurationError
 from .labels import LabelRecord, LabelStore
+from ..data.error_log import ErrorLog
 from .loss import DistillationLoss, LossWeights, TrainItem, voigt_to_matrix
 
 log = logging.getLogger(__name__)
@@ -121,37 +122,6 @@ def _kd_schedule(schedule) -> Callable | None:
         return lam
 
     return halve_once
-
-
-class ErrorLog:
-    """Per-epoch force-error norms of every training atom, with stable ids (see the module docstring)."""
-
-    def __init__(self, items: Sequence[TrainItem]):
-        self.ids = {
-            "structure_index": np.concatenate([np.full(len(it.forces), it.index, dtype=np.int64) for it in items]),
-            "atom_index": np.concatenate([np.arange(len(it.forces), dtype=np.int64) for it in items]),
-            "numbers": np.concatenate([it.atoms.numbers for it in items]).astype(np.int64),
-        }
-        self.current = np.full(len(self.ids["atom_index"]), np.nan, dtype=np.float32)
-        self.epochs: list[np.ndarray] = []
-
-    def record(self, batch: Sequence[TrainItem], err: torch.Tensor) -> None:
-        err = err.detach().cpu().numpy().astype(np.float32)
-        pos = 0
-        for it in batch:
-            n = len(it.forces)
-            self.current[it.atom_offset : it.atom_offset + n] = err[pos : pos + n]
-            pos += n
-
-    def end_epoch(self) -> None:
-        self.epochs.append(self.current.copy())
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        errors = np.stack(self.epochs) if self.epochs else np.zeros((0, len(self.current)), np.float32)
-        return {"errors": errors, "epoch": np.arange(len(self.epochs)), **self.ids}
-
-    def write(self, path) -> None:
-        write_npz(path, **self.arrays())
 
 
 def split_records(store: LabelStore, *, need_hessian: bool) -> tuple[list[LabelRecord], list[LabelRecord], list[LabelRecord]]:

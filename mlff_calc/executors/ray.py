@@ -171,7 +171,7 @@ class RayExecutor(Executor):
     # running ---------------------------------------------------------------------------
 
     def run(self, fn: Callable, jobs: Iterable[Job], model, on_outcome: Callable[[Outcome], None], *, progress: bool | None = None, desc: str = "jobs") -> dict:
-        from ..workflows import progress_bar
+        from .._runtime import progress_bar
 
         ray = _ray()
         jobs = list(jobs)

@@ -45,7 +45,7 @@ class ScreenReport:
 
 def job_id(task: str, params: dict, model: dict, structures: Sequence[Atoms]) -> str:
     """A short hash of everything that determines the results."""
-    from ..distill.sample import pack_structures, structures_sha256
+    from ..data.structures import pack_structures, structures_sha256
 
     text = json.dumps({"task": task, "params": params, "model": model, "structures": structures_sha256(pack_structures(structures))}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -38,7 +38,7 @@ class ModelRecipe:
 
         layers = []
         if self.softening:
-            from ..layers.softening import SofteningLayer
+            from ..softening.layer import SofteningLayer
 
             layers = [SofteningLayer.from_file(Path(p)) for p in self.softening]
         calc = mlff_calc.load(self.model, device=self.device, dtype=self.dtype, layers=layers)
@@ -64,8 +64,9 @@ class ModelRecipe:
 
 
 def identity(calc) -> dict:
-    """What makes two loaded models the same (see mlff_calc.distill.labels.teacher_identity)."""
-    from ..distill.labels import as_calculator, teacher_identity
+    """What makes two loaded models the same (see mlff_calc.models.identity.teacher_identity)."""
+    from ..calculator import as_calculator
+    from ..models.identity import teacher_identity
 
     return teacher_identity(as_calculator(calc))
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter

@@ -28,7 +28,7 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._scope import isolated
+from .._runtime import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, neighbor_list
 from .base import Forward, ModelAdapter

@@ -110,7 +110,7 @@ ADAPTERS = {
     "mace": ("mlff_calc.models.mace", "MACEAdapter"),
     "student": ("mlff_calc.models.student", "StudentAdapter"),
     "ttt_student": ("mlff_calc.ttt.head", "TwoHeadModel"),
-    "finetune": ("mlff_calc.finetune", "FinetunedModel"),
+    "finetune": ("mlff_calc.models.finetuned", "FinetunedModel"),
 }
 
 

@@ -340,7 +340,7 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
     such as the result of :func:`mlff_calc.distill.train_student`, whose teacher,
     data hash, metrics and config are used unless given here).
     """
-    from .. import __version__
+    from .._version import __version__
     from ..artifacts import atomic_path, sha256_file, write_json
 
     if not isinstance(student, StudentAdapter) and hasattr(student, "adapter"):

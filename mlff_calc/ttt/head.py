@@ -161,7 +161,7 @@ def first_layer_columns(adapter: ModelAdapter) -> list[int]:
 
 def write_bound(folder, *, manifest_name: str, weights_name: str, state: dict, fmt: str, version: int, base_model: dict, **fields) -> Path:
     """Write ``state`` (tensors) and a manifest binding it to ``base_model`` into ``folder``, atomically."""
-    from .. import __version__
+    from .._version import __version__
     from ..artifacts import atomic_path, sha256_file, write_json
 
     folder = Path(folder)
@@ -216,6 +216,6 @@ def load_head(base: ModelAdapter, folder) -> TwoHeadModel:
 
 
 def _base_sha(adapter: ModelAdapter) -> str:
-    from ..distill.labels import weights_sha256
+    from ..models.identity import weights_sha256
 
     return weights_sha256(adapter)

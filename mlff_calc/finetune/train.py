@@ -20,20 +20,11 @@
 - the module is kept in eval mode (dropout off) during training: the loss is the
   deterministic prediction the calculator gives.
 - every epoch the Euclidean force-error norm of every training atom is logged in
-  the trainer's error-log format (:class:`mlff_calc.distill.train.ErrorLog`,
+  the trainer's error-log format (:class:`mlff_calc.data.error_log.ErrorLog`,
   ``error_log.npz`` in ``out_dir``).
 
-:func:`save_finetuned` writes a folder with ``finetune.json`` (format
-``mlff_calc.finetune`` v1: base model id, source and sha256s, trainable groups,
-data hash, metrics, a check energy) and ``weights.pt``: ONLY the trained
-parameters, a state_dict of tensors (read back with ``torch.load(weights_only=True)``).
-:func:`load_finetuned` (and ``mlff_calc.load(folder)``) loads the base model by
-its id (falling back to its recorded source path), refuses a base whose sha256
-differs from the recorded one with ArtifactError, and applies the weights.
-
-The fine-tuned adapter gets a new ``model_id`` ``"<base id>+ft:<12 hex>"`` and
-``sha256`` (the content hash of the trained parameters), so softening fits and
-other artifacts bound to the base model refuse it.
+:func:`save_finetuned` and :func:`load_finetuned` (the artifact, in
+:mod:`mlff_calc.models.finetuned`) write and read the fine-tuned model.
 """
 
 from __future__ import annotations
@@ -50,40 +41,18 @@ import torch
 from ase import Atoms
 from ase.units import GPa
 
-from . import __version__
-from .artifacts import atomic_path, check_manifest, read_json, sha256_file, write_json
-from .errors import ArtifactError, ConfigurationError, ModelLoadError
+from ..errors import ConfigurationError
+from ..models.finetuned import FORMAT, FORMAT_VERSION, MANIFEST, UNITS, WEIGHTS, _atoms_dict, _mark, save_finetuned  # noqa: F401 (re-exported)
+from ..models.identity import weights_sha256
 
 log = logging.getLogger(__name__)
 
-FORMAT = "mlff_calc.finetune"
-FORMAT_VERSION = 1
-MANIFEST = "finetune.json"
-WEIGHTS = "weights.pt"
 ERROR_LOG = "error_log.npz"
 #: the loss weights of Deng et al. 2024 (energy per atom / force / stress)
 PAPER_WEIGHTS = {"energy_weight": 0.1, "force_weight": 100.0, "stress_weight": 0.1}
-UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "GPa", "loss": "weighted mean squared errors"}
 
 
-# --------------------------------------------------------------------------- hashing
-
-
-def weights_sha256(named: dict[str, torch.Tensor]) -> str:
-    """Content hash of named tensors (sorted by name; floating tensors cast to float32 so the dtype a model runs in does not matter)."""
-    digest = hashlib.sha256()
-    for name in sorted(named):
-        t = named[name].detach().cpu()
-        if t.is_floating_point():
-            t = t.to(torch.float32)
-        digest.update(name.encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def base_weights_sha256(adapter) -> str:
-    return weights_sha256(dict(adapter.module.state_dict()))
+# --------------------------------------------------------------------------- data
 
 
 def dataset_sha256(dataset) -> str:
@@ -270,8 +239,8 @@ def finetune(
     With ``out_dir`` the fine-tuned model is saved there (:func:`save_finetuned`) with
     ``error_log.npz`` (rewritten every epoch).
     """
-    from .distill.train import ErrorLog
-    from .training import Trainer, TrainerConfig, only_trainable, shuffled_batches
+    from ..data.error_log import ErrorLog
+    from ..training import Trainer, TrainerConfig, only_trainable, shuffled_batches
 
     if getattr(adapter, "finetune_info", None) is not None:
         raise ConfigurationError(f"{adapter.model_id} is already fine-tuned; fine-tune its base model instead (pass both datasets)")
@@ -288,7 +257,7 @@ def finetune(
         "family": adapter.family,
         "source": adapter.source,
         "sha256": adapter.sha256,
-        "weights_sha256": base_weights_sha256(adapter),
+        "weights_sha256": weights_sha256(adapter),
         "dtype": str(adapter.dtype).removeprefix("torch."),
     }
     groups, params = resolve_trainable(adapter, trainable)
@@ -343,141 +312,3 @@ def finetune(
     return result
 
 
-def _mark(adapter, base: dict, state: dict[str, torch.Tensor], source: str | None) -> None:
-    """Give the fine-tuned adapter its own identity."""
-    digest = weights_sha256(state)
-    adapter._model_id = f"{base['model_id']}+ft:{digest[:12]}"
-    adapter.sha256 = digest
-    adapter.source = source
-    adapter.finetune_info = {"base": base, "weights_sha256": digest}
-
-
-def _atoms_dict(atoms: Atoms) -> dict:
-    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(), "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
-
-
-def _atoms_from(d: dict) -> Atoms:
-    return Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
-
-
-# --------------------------------------------------------------------------- saving / loading
-
-
-def save_finetuned(result: FinetuneResult, folder) -> Path:
-    """Write ``weights.pt`` (the trained parameters only) and ``finetune.json`` atomically into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    adapter = result.adapter
-    named = dict(adapter.module.named_parameters())
-    state = {name: named[name].detach().cpu().clone() for name in result.parameter_names}
-    weights = folder / WEIGHTS
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "mlff_calc_version": __version__,
-        "base": result.base,
-        "model_id": adapter.model_id,
-        "trainable": result.trainable,
-        "parameters": {name: list(t.shape) for name, t in state.items()},
-        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "content_sha256": weights_sha256(state)},
-        "data_sha256": result.data_sha256,
-        "metrics": result.metrics,
-        "config": result.config,
-        "check": result.check,
-        "units": UNITS,
-        "history": result.history,
-    }
-    write_json(folder / MANIFEST, manifest)
-    adapter.source = str(folder)
-    log.info("saved fine-tuned %s to %s (%d tensors)", adapter.model_id, folder, len(state))
-    return folder
-
-
-def read_manifest(folder) -> dict:
-    folder = Path(folder)
-    manifest = read_json(folder / MANIFEST, kind="fine-tune manifest")
-    check_manifest(manifest, fmt=FORMAT, versions=(FORMAT_VERSION,), path=folder / MANIFEST)
-    for key, kind in (("base", dict), ("weights", dict), ("trainable", list), ("parameters", dict), ("check", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise ArtifactError(f"fine-tune manifest {folder / MANIFEST}: field {key!r} is missing or not a {kind.__name__}")
-    if not isinstance(manifest["base"].get("model_id"), str) or not isinstance(manifest["base"].get("weights_sha256"), str):
-        raise ArtifactError(f"fine-tune manifest {folder / MANIFEST}: the base model id or sha256 is missing")
-    return manifest
-
-
-def _read_weights(file: Path, expected_sha: str) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise ArtifactError(f"fine-tuned weights {file} do not exist")
-    if sha256_file(file) != expected_sha:
-        raise ArtifactError(f"fine-tuned weights {file} do not match the sha256 in its {MANIFEST}; the file was changed or is corrupt")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
-        raise ArtifactError(f"fine-tuned weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ArtifactError(f"fine-tuned weights {file} are not a state_dict of tensors")
-    return state
-
-
-def _load_base(base: dict, device, dtype):
-    from .models.registry import KNOWN_MODELS, canonical_name, load_adapter
-
-    model_id = base["model_id"]
-    if canonical_name(model_id) in KNOWN_MODELS:
-        return load_adapter(model_id, device=device, dtype=dtype)
-    source = base.get("source")
-    if source and Path(source).exists():
-        return load_adapter(source, device=device, dtype=dtype, family=base.get("family"))
-    raise ModelLoadError(f"the base model '{model_id}' of this fine-tuned model is neither a known model name nor at its recorded source {source!r}")
-
-
-def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None):
-    """A fine-tuned adapter from a folder written by :func:`save_finetuned`.
-
-    The base model is loaded by its recorded id (or source path) unless
-    ``base_adapter`` (a freshly loaded, unmodified base) is given; a base whose
-    sha256 differs from the recorded one raises ArtifactError. Nothing in the folder is modified.
-    """
-    folder = Path(folder).expanduser()
-    manifest = read_manifest(folder)
-    base, wmeta = manifest["base"], manifest["weights"]
-    state = _read_weights(folder / str(wmeta.get("file", WEIGHTS)), str(wmeta.get("sha256")))
-    if weights_sha256(state) != wmeta.get("content_sha256"):
-        raise ArtifactError(f"fine-tuned weights in {folder} do not match the content hash in {MANIFEST}")
-    adapter = base_adapter if base_adapter is not None else _load_base(base, device, dtype or base.get("dtype"))
-    if getattr(adapter, "finetune_info", None) is not None:
-        raise ArtifactError(f"{folder}: the given base adapter {adapter.model_id} is itself fine-tuned")
-    if adapter.model_id != base["model_id"]:
-        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}', not '{adapter.model_id}'")
-    if base.get("sha256") and adapter.sha256 and base["sha256"] != adapter.sha256:
-        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with file sha256 {base['sha256'][:12]}..., but the loaded base has {adapter.sha256[:12]}...")
-    got = base_weights_sha256(adapter)
-    if got != base["weights_sha256"]:
-        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with weights sha256 {base['weights_sha256'][:12]}..., but the loaded base weights have {got[:12]}...; these weights do not belong to that base")
-    named = dict(adapter.module.named_parameters())
-    for name, t in state.items():
-        if name not in named or tuple(named[name].shape) != tuple(t.shape):
-            raise ArtifactError(f"fine-tuned weights in {folder}: parameter {name!r} {tuple(t.shape)} does not exist in the base model with that shape")
-    with torch.no_grad():
-        for name, t in state.items():
-            named[name].copy_(t.to(device=named[name].device, dtype=named[name].dtype))
-    _mark(adapter, base, state, source=str(folder))
-    check = manifest["check"]
-    if check.get("dtype") == str(adapter.dtype).removeprefix("torch.") and "atoms" in check:
-        atoms = _atoms_from(check["atoms"])
-        energy = float(adapter.evaluate([atoms], ("energy",), min_distance=None)[0]["energy"])
-        tol = 1e-5 * max(1.0, abs(check["energy"])) + 1e-4
-        if abs(energy - check["energy"]) > tol:
-            raise ArtifactError(f"fine-tuned model {folder} gives {energy:.6f} eV on its check structure, but {check['energy']:.6f} eV was recorded when it was saved")
-    log.info("loaded fine-tuned %s from %s", adapter.model_id, folder)
-    return adapter
-
-
-class FinetunedModel:
-    """Registry hook: ``adapter_class("finetune").load(folder, ...)`` is :func:`load_finetuned`."""
-
-    @classmethod
-    def load(cls, path, *, device="auto", dtype=None, **_):
-        return load_finetuned(path, device=device, dtype=dtype)
