@@ -20,8 +20,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import ase.io
-    from tqdm import tqdm
 
+    from .._runtime import progress_bar
     from ..artifacts import atomic_path, write_json
     from .options import load_calculator, read_frames, run_summary
 
@@ -30,7 +30,7 @@ def run(args) -> int:
     calc = load_calculator(args)
     out_xyz = args.out_dir / f"{args.structures.stem}-results.extxyz"
     results = []
-    for start in tqdm(range(0, len(frames), args.batch_size), desc="singlepoint", unit="batch", disable=len(frames) <= args.batch_size):
+    for start in progress_bar(range(0, len(frames), args.batch_size), desc="singlepoint", unit="batch", enabled=None if len(frames) > args.batch_size else False):
         chunk = frames[start : start + args.batch_size]
         props = ("energy", "forces", "stress") if all(a.pbc.all() for a in chunk) else ("energy", "forces")
         results.extend(calc.evaluate(chunk, props))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,9 +272,15 @@ class MolecularDynamics(Workflow):
                 self.trajectory.parent.mkdir(parents=True, exist_ok=True)
                 traj_fh = stack.enter_context(open(self.trajectory, "w"))
 
+            clock = [time.perf_counter(), dyn.nsteps]
+
             def log_step():
                 row = self._row(work, self.step_offset + dyn.nsteps, e_tot0)
                 rows.append(row)
+                now, steps = time.perf_counter(), dyn.nsteps - clock[1]
+                if steps:
+                    bar.set_postfix_str(f"step {row['step']}, T={row['T_K']:.0f} K, E={row['E_pot_eV'] / len(work):.4f} eV/atom, {1e3 * (now - clock[0]) / steps:.0f} ms/step", refresh=False)
+                clock[:] = [now, dyn.nsteps]
                 log_fh.write(" ".join(f"{row[c]:d}" if c == "step" else f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
                 log_fh.flush()
 
@@ -281,15 +288,16 @@ class MolecularDynamics(Workflow):
                 write(traj_fh, self._frame(work, self.step_offset + dyn.nsteps), format="extxyz")
                 traj_fh.flush()
 
+            bar = stack.enter_context(progress_bar(total=self.steps, desc=f"md {self.ensemble}", enabled=self.progress, unit="step"))
             dyn.attach(log_step, interval=self.log_interval)
             if traj_fh is not None:
                 dyn.attach(write_frame, interval=self.traj_interval)
             if self.restart_interval:
                 dyn.attach(lambda: self.write_restart(work=work, step=self.step_offset + dyn.nsteps), interval=int(self.restart_interval))
-            bar = stack.enter_context(progress_bar(total=self.steps, desc=f"md {self.ensemble}", enabled=self.progress))
             for _ in dyn.irun(self.steps):
                 if dyn.nsteps:
                     bar.update(1)
+            bar.refresh()  # the final status, drawn even when the run was shorter than the bar's refresh interval
         final_step = self.step_offset + dyn.nsteps
         self.write_restart(work=work, step=final_step)
         table = {c: np.array([r[c] for r in rows]) for c in LOG_COLUMNS}

@@ -134,10 +134,12 @@ class Relax(Workflow):
 
         opt.attach(observe, interval=1)
         converged = False
-        with progress_bar(total=self.max_steps, desc=f"relax {work.get_chemical_formula()}", enabled=self.progress) as bar:
+        with progress_bar(total=self.max_steps, desc=f"relax {work.get_chemical_formula()}", enabled=self.progress, unit="step") as bar:
             for converged in opt.irun(fmax=self.fmax_eV_per_A, steps=self.max_steps):
                 bar.update(1 if opt.nsteps else 0)
-                bar.set_postfix(E=f"{work.get_potential_energy():.5f}")
+                if not bar.disable:
+                    fmax = float(np.linalg.norm(target.get_forces(), axis=1).max())
+                    bar.set_postfix_str(f"step {opt.nsteps}, E={work.get_potential_energy() / len(work):.5f} eV/atom, fmax={fmax:.2e} eV/Å", refresh=False)
         if self.trajectory is not None:
             with atomic_path(self.trajectory) as tmp:
                 write(tmp, frames, format="extxyz")
