@@ -231,8 +231,9 @@ class EquationOfState(Workflow):
 
         res = self._need_result()
         title = f"{self.atoms.get_chemical_formula()}: V0 = {res.v0_per_atom_A3:.3f} Å³/atom, B = {res.bulk_modulus_GPa:.1f} GPa"
-        refs = {} if reference is None else {reference_label(reference): reference_curve(reference, res)}
-        return eos_curves(path or self.output_files["plot"], {"Birch-Murnaghan fit": eos_curve(res)}, references=refs, title=title)
+        name = "Birch-Murnaghan fit"
+        refs = {} if reference is None else {name: (reference_label(reference), *reference_curve(reference, res))}
+        return eos_curves(path or self.output_files["plot"], {name: eos_curve(res)}, references=refs, title=title)
 
 
 def eos_curve(res: EOSResult, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
