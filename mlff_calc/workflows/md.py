@@ -90,7 +90,7 @@ class MDResult:
     max_abs_drift_eV_per_atom: float | None = None
 
     def to_dict(self) -> dict:
-        out = {"formula": self.atoms.get_chemical_formula(), "n_atoms": len(self.atoms), "n_log_rows": int(len(self.log.get("step", ())))} | result_dict(self)
+        out = {"formula": self.atoms.get_chemical_formula(), "n_atoms": len(self.atoms), "n_log_rows": len(self.log.get("step", ()))} | result_dict(self)
         if self.ensemble != "nve":
             out = {k: v for k, v in out.items() if "drift" not in k}
             out["log"] = {k: v for k, v in out["log"].items() if "drift" not in k}

@@ -323,20 +323,14 @@ class Phonons(Workflow):
             ph.symmetrize_force_constants()
         ph.auto_band_structure(npoints=self.band_npoints)
         bands = ph.get_band_structure_dict()
-        ph.run_mesh(self.mesh, is_gamma_center=True)
-        ph.run_total_dos()
-        dos = ph.get_total_dos_dict()
         t_min, t_max, t_step = self.temperatures
-        notes = list(self.notes)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            ph.run_mesh(self.mesh, is_gamma_center=True)
+            ph.run_total_dos()
             ph.run_thermal_properties(t_min=t_min, t_max=t_max, t_step=t_step, exclude_gamma_acoustic=self.exclude_gamma_acoustic)
-        for w in caught:  # phonopy's advice names its own flags; say it in this workflow's terms
-            if "far from zero" in str(w.message):
-                notes.append("the acoustic frequencies at Γ are far from zero (the force constants break translational invariance); try symmetrize_fc=True (--symmetrize-fc)")
-                log.warning("phonons %s: %s", self.atoms.get_chemical_formula(), notes[-1])
-            elif "acoustic mode" not in str(w.message):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        dos = ph.get_total_dos_dict()
+        notes = list(self.notes) + self._own_words(caught)
         thermal = ph.get_thermal_properties_dict()
         all_freqs = np.concatenate([np.ravel(f) for f in bands["frequencies"]])
         self.result = PhononResult(
@@ -365,6 +359,23 @@ class Phonons(Workflow):
         if self.result.has_imaginary_modes:
             log.warning("phonons %s: imaginary modes down to %.3f THz on the band path", self.atoms.get_chemical_formula(), self.result.min_frequency_THz)
         return self.result
+
+    def _own_words(self, caught) -> list[str]:
+        """phonopy's warnings advise its own flags; say what they mean in this workflow's terms (others pass on)."""
+        notes = []
+        for w in caught:
+            text = str(w.message)
+            if "far from zero" in text:
+                notes.append("the acoustic frequencies at Γ are far from zero (the force constants break translational invariance); use symmetrize_fc=True (--symmetrize-fc)")
+            elif "incompatible with the primitive-cell point group" in text or "not preserved by the primitive-cell point group" in text:
+                notes.append(f"mesh {list(self.mesh)} breaks the point-group symmetry of the primitive cell (slower DOS and thermal sums); give equal numbers, e.g. --mesh {max(self.mesh)} {max(self.mesh)} {max(self.mesh)}")
+            elif "acoustic mode" in text and "entered the thermal-property sums" in text:
+                continue  # only with exclude_gamma_acoustic=False, which asked for them
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            log.warning("phonons %s: %s", self.atoms.get_chemical_formula(), notes[-1])
+        return notes
 
     # queries -----------------------------------------------------------------------
 

@@ -190,3 +190,8 @@ def test_narrow_supercell_warns_and_phonopy_flags_are_not_echoed(calc, caplog, r
     assert not [w for w in recwarn.list if "gamma" in str(w.message).lower()]
     cube = Phonons(bulk("Si", "diamond", a, cubic=True), None, supercell_matrix=[2, 2, 2])
     assert cube.notes == []  # 10.9 Å wide
+    # an fcc mesh of unequal numbers: phonopy's advice ("pass a length-based mesh") becomes ours
+    wf.mesh = (6, 6, 4)
+    res = wf.run()
+    assert any("--mesh 6 6 6" in note for note in res.warnings)
+    assert not [w for w in recwarn.list if "length-based" in str(w.message) or "gamma" in str(w.message).lower()]

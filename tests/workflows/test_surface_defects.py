@@ -49,7 +49,7 @@ def test_miller_indices_refer_to_the_conventional_cell(calc, si):
     from mlff_calc.workflows.surface import conventional_cell
 
     primitive = bulk("Si", "diamond", A0)
-    kw = dict(miller=(1, 0, 0), layers=2, vacuum=8.0, progress=False)
+    kw = {"miller": (1, 0, 0), "layers": 2, "vacuum": 8.0, "progress": False}
     conv = SurfaceEnergy(si, calc, **kw).run()
     prim = SurfaceEnergy(primitive, calc, **kw).run()
     assert prim.n_atoms == conv.n_atoms == 16

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import time
 
-from .framework import START_A, DemoContext, _f, _relaxed_a, dcdft_lattice_constant, fcc_lattice_constant, primitive, print_table
+from .framework import (
+    START_A,
+    DemoContext,
+    _f,
+    _relaxed_a,
+    dcdft_lattice_constant,
+    fcc_lattice_constant,
+    primitive,
+    print_table,
+)
+
 
 def available_models() -> list[str]:
     from ...models.registry import KNOWN_MODELS, locate
@@ -90,7 +100,12 @@ def section_relax(ctx: DemoContext) -> dict:
 
 def section_eos(ctx: DemoContext) -> dict:
     from ...plots import eos_curves
-    from ...workflows.eos import EquationOfState, eos_curve, reference_curve, reference_label
+    from ...workflows.eos import (
+        EquationOfState,
+        eos_curve,
+        reference_curve,
+        reference_label,
+    )
     from ..eos import dcdft_reference
 
     sizes, out, curves, references = ctx.sizes, {}, {}, {}
@@ -108,7 +123,7 @@ def section_eos(ctx: DemoContext) -> dict:
         curves[label] = eos_curve(res)
         if reference is not None:
             references[label] = (f"{name} {reference_label(reference)}", *reference_curve(reference, res))
-    title = f"{ctx.calc.adapter.model_id}: Birch-Murnaghan fits (dashed: WIEN2k PBE, ase dcdft)"
+    title = f"{ctx.calc.adapter.model_id}: Birch-Murnaghan fits"
     ctx.add_output("eos_plot", eos_curves(ctx.out_dir / "eos.png", curves, references=references, title=title))
     rows = [
         [name, _f(r["v0_per_atom_A3"]), _f(r["a0_A"], ".4f"), _f(r["bulk_modulus_GPa"], ".1f"), _f(r["bulk_modulus_pbe_dcdft_GPa"], ".1f"), _f(r["bulk_modulus_derivative"], ".2f"), _f(1e3 * r["fit_rms_eV_per_atom"], ".4f")]

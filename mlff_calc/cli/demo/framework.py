@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 # framework --------------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ def print_table(title: str, headers: list[str], rows: list[list], widths: list[i
     print(f"\n{title}")
     print("  ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(headers, widths))))
     for row in rows:
-        print("  ".join(f"{str(v):<{w}}" if i == 0 else f"{str(v):>{w}}" for i, (v, w) in enumerate(zip(row, widths))))
+        print("  ".join(f"{v!s:<{w}}" if i == 0 else f"{v!s:>{w}}" for i, (v, w) in enumerate(zip(row, widths))))
 
 
 def _f(value, fmt: str = ".3f") -> str:

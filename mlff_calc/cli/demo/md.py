@@ -6,6 +6,7 @@ import time
 
 from .framework import DemoContext, _f, _relaxed_a, print_table
 
+
 def section_md(ctx: DemoContext) -> dict:
     import numpy as np
     from ase.build import bulk

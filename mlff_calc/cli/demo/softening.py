@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .framework import DemoContext, _f, print_table
 
+
 def section_softening(ctx: DemoContext) -> dict:
     import math
 

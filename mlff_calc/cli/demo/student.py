@@ -7,7 +7,6 @@ import time
 
 from .framework import DemoContext, _f, _relaxed_a, _section_error, print_table
 
-
 #: the student's size-independent training settings (architecture: the student default)
 STUDENT_TRAINING = {"batch_size": 3, "lr": 1e-2, "seed": 0}
 
@@ -64,8 +63,9 @@ def _median_call_ms(calcs: dict, atoms, n_calls: int) -> dict:
 def section_student(ctx: DemoContext) -> dict:
     title = "Distilled student (Hessian distillation of the teacher on 8-atom Si)"
     try:
-        import mlff_calc
         from ase.build import bulk
+
+        import mlff_calc
 
         st = _train_student(ctx)
         result, teacher = st["result"], ctx.calc
@@ -93,7 +93,7 @@ def section_student(ctx: DemoContext) -> dict:
             "speedup": ms["teacher"] / ms["student"],
             "times_s": st["times_s"],
         }
-    except Exception as exc:  # an optional layer: report, don't end the demo
+    except Exception as exc:  # noqa: BLE001  an optional layer: report, don't end the demo
         return _section_error(title, exc)
     n = out["n_structures"]
     rows = [[f"{out['teacher']} -> student ({out['n_parameters']} params)", f"{n.get('train', 0)}/{n.get('valid', 0)}/{n.get('test', 0)}", out["epochs_run"],
@@ -161,7 +161,7 @@ def section_uncertainty(ctx: DemoContext) -> dict:
         ax2.plot(steps, temps, color="0.6", lw=0.8, label="temperature")
         ax2.set_ylabel("T (K)", color="0.4")
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, loc="upper left", fontsize="small")
+        ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.9)
         plot = save_png(fig, ctx.out_dir / "uncertainty.png")
         out = {
             "ltau": str(ctx.out_dir / "ltau"),
@@ -182,7 +182,7 @@ def section_uncertainty(ctx: DemoContext) -> dict:
             "build_s": build_s,
             "ms_per_step": 1e3 * md_s / max(sizes.uq_md_steps, 1),
         }
-    except Exception as exc:  # an optional layer: report, don't end the demo
+    except Exception as exc:  # noqa: BLE001  an optional layer: report, don't end the demo
         return _section_error(title, exc)
     ctx.add_output("ltau", ctx.out_dir / "ltau")
     ctx.add_output("uncertainty_plot", plot)
