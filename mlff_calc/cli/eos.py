@@ -79,7 +79,5 @@ def run(args) -> int:
     print(f"  V0 = {res.v0_A3:.4f} Å³ ({res.v0_per_atom_A3:.4f} Å³/atom, {res.v0_offset_percent:+.3f}% from the centre), E0 = {res.e0_eV / res.n_atoms:.6f} eV/atom")
     ref_text = f"   [{reference['source']}: B = {reference['bulk_modulus_GPa']:.1f} GPa, V0 = {reference['v0_per_atom_A3']:.3f} Å³/atom]" if reference else ""
     print(f"  B = {res.bulk_modulus_GPa:.1f} GPa, B' = {res.bulk_modulus_derivative:.2f}{ref_text}")
-    for note in res.warnings:
-        print(f"  warning: {note}")
     show_outputs(outputs, summary)
     return 0

@@ -109,8 +109,6 @@ def run(args) -> int:
     if "thermal_300K" in results:
         th = results["thermal_300K"]
         print(f"  300 K: F = {th['free_energy_kJ_per_mol']:.3f} kJ/mol, S = {th['entropy_J_per_K_per_mol']:.3f} J/K/mol, Cv = {th['heat_capacity_J_per_K_per_mol']:.3f} J/K/mol")
-    for note in res.warnings:
-        print(f"  warning: {note}")
     show_outputs(outputs, summary)
     return 0
 

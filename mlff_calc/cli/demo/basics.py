@@ -134,7 +134,4 @@ def section_eos(ctx: DemoContext) -> dict:
         ["crystal", "V0 (Å³/atom)", "a0 (Å)", "B (GPa)", "B PBE dcdft (GPa)", "B'", "rms (meV/atom)"],
         rows,
     )
-    for name, r in out.items():
-        for note in r["warnings"]:
-            print(f"{name}: {note}")
     return out

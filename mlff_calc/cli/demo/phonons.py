@@ -64,6 +64,6 @@ def section_phonons(ctx: DemoContext) -> dict:
         rows,
     )
     for name, r in out.items():
-        for note in [*r["warnings"], *([r["caveat"]] if "caveat" in r else [])]:
-            print(f"{name}: {note}")
+        if "caveat" in r:  # the workflow's own warnings are logged already
+            print(f"{name}: {r['caveat']}")
     return out
