@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(BIN)/mlff-calc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# lint (ruff; formatting is the lead's) and the import contracts of pyproject.toml, with the
+# import graph (imports inside functions included) checked for cycles
+lint: setup
+	$(BIN)/ruff check mlff_calc tests benchmarks examples
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layout.py
 
 clean:
 	rm -rf $(VENV) mlff_results

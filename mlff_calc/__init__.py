@@ -9,21 +9,21 @@ from ._version import __version__
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
-def load(model="chgnet", device="auto", dtype=None, *, layers=(), family=None, min_distance=0.5, verify=True):
-    """Build an ASE calculator from a model name or a local path.
+def _load(model="chgnet", device="auto", dtype=None, *, layers=(), family=None, min_distance=0.5, verify=True):
+    """:func:`mlff_calc.calculator.load`; a folder written by ``mlff_calc.softening.correct`` gives its corrected model."""
+    from .calculator import load
+    from .softening.correct import is_correction, load_corrected
 
-    ``model``: a name (``"chgnet"``, ``"m3gnet-mp-2021.2.8"``, ``"mace-mp-0-medium"``, ...;
-    ``mlff-calc models`` lists them) or a path to a model file or folder. Names are
-    resolved in ``$MLFF_CALC_MODEL_DIR`` then ``~/.cache/mlff_calc/models``; nothing
-    is downloaded. ``device``: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``. ``dtype``:
-    ``None`` (the family default), ``"float32"`` or ``"float64"``. ``layers``: layer
-    objects, applied in order.
-    """
-    from .calculator import MLFFCalculator
-    from .models.registry import load_adapter
+    if is_correction(model):
+        return load_corrected(model, device=device, dtype=dtype, layers=layers, min_distance=min_distance, verify=verify)
+    return load(model, device=device, dtype=dtype, layers=layers, family=family, min_distance=min_distance, verify=verify)
 
-    adapter = load_adapter(model, device=device, dtype=dtype, family=family, verify=verify)
-    return MLFFCalculator(adapter, layers=list(layers), min_distance=min_distance)
+
+def __getattr__(name: str):
+    # the root is a facade: load() lives in mlff_calc.calculator and is imported on first use
+    if name == "load":
+        return _load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["load", "__version__"]

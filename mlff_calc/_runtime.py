@@ -7,6 +7,7 @@
   that own their threads (the CLI and executor workers; library code never sets them).
 - :func:`progress_bar`, :func:`evaluate_structures`, :func:`snapshot`: progress,
   batched evaluation through any ASE calculator, results kept through extxyz.
+- :func:`backend`: a missing optional backend is a ModelLoadError naming its pip extra.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ModelLoadError
 
 
 @contextlib.contextmanager
@@ -77,6 +78,27 @@ def restore_threads(previous: dict) -> None:
 
     torch.set_num_threads(previous["torch"])
     previous["blas"].restore_original_limits()
+
+
+#: graphs smaller than this run on one thread; above it, one more thread per this many atoms
+#: (up to MAX_DEFAULT_THREADS and the cores the machine's load leaves idle); README, Threads
+ATOMS_PER_THREAD = 200
+MAX_DEFAULT_THREADS = 2
+
+
+def default_threads(n_atoms: int | None) -> int:
+    """CPU threads for a job whose model graphs hold about ``n_atoms`` atoms, when ``--threads`` is not given.
+
+    Small graphs get one thread: a second intra-op thread gains little there and,
+    when another process holds the other core, costs many times over
+    (benchmarks/threads_default.py). Unknown sizes get one thread. For the CLI;
+    library code never sets thread counts.
+    """
+    if not n_atoms or n_atoms < 2 * ATOMS_PER_THREAD:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = int(cpus - os.getloadavg()[0]) if hasattr(os, "getloadavg") else 1
+    return max(1, min(MAX_DEFAULT_THREADS, idle, n_atoms // ATOMS_PER_THREAD))
 
 
 def progress_bar(iterable=None, *, total=None, desc: str = "", enabled: bool | None = None, unit: str = "it"):
@@ -194,3 +216,19 @@ def _flatten(results: dict, parent: str = ""):
             yield from _flatten(value, name)
         elif value is not None:
             yield name, value
+
+
+#: pip extra of mlff_calc -> the package it installs (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"m3gnet": "matgl", "mace": "mace-torch", "ltau": "faiss-cpu", "ttt": "tblite", "ray": "ray"}
+
+
+@contextlib.contextmanager
+def backend(extra: str, what: str):
+    """Imports inside this block that fail raise ModelLoadError: ``what`` needs ``pip install 'mlff_calc[extra]'``."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{what} needs the optional backend {EXTRAS[extra]} ({exc.name or 'a module'} cannot be imported: {exc}); "
+            f"install it with: pip install 'mlff_calc[{extra}]'"
+        ) from exc

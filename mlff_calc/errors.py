@@ -52,3 +52,11 @@ class CalculationFailed(MLFFError, _AseCalculationFailed):
 
 class NotImplementedProperty(MLFFError, PropertyNotImplementedError):
     """The requested property is not produced by this calculator."""
+
+
+class StressNotDefined(NotImplementedProperty, InvalidStructureError):
+    """Stress was asked for a cell that is not periodic in all three directions.
+
+    An ASE ``PropertyNotImplementedError`` (what ASE clients catch for a property a
+    system does not have) and, as before, an :class:`InvalidStructureError`.
+    """

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from helpers import SHARED, shared_path
+from helpers import SHARED, require_backend, shared_path
 
 os.environ.setdefault("MLFF_CALC_MODEL_DIR", str(SHARED / "models"))
 
@@ -56,6 +56,7 @@ def chgnet_adapter():
 
 @pytest.fixture(scope="session")
 def m3gnet_adapter():
+    require_backend("matgl", "m3gnet")
     from mlff_calc.models.m3gnet import M3GNetAdapter
 
     return M3GNetAdapter.load(shared_path("models", "M3GNet-MP-2021.2.8-PES"), device="cpu")
@@ -64,6 +65,7 @@ def m3gnet_adapter():
 @pytest.fixture(scope="session")
 def mace_small_path(tmp_path_factory):
     """A small ScaleShiftMACE built with mace-torch's constructors, saved as a .model file."""
+    require_backend("mace", "mace")
     import torch
 
     from mlff_calc.models.mace_build import build_small_mace

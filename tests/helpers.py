@@ -10,15 +10,36 @@ import pytest
 from ase.build import bulk, fcc111, molecule
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the licensed DFT reference files the tests read (phonopy, janus-core), shipped in the repository
+DATA = ROOT / "tests" / "data"
+#: weights that cannot ship with the project (``models/``), and the full reference data (``data/``)
 SHARED = Path(os.environ.get("MLFF_CALC_SHARED", ROOT.parent / "shared"))
 
 
 def shared_path(*parts) -> Path:
-    """A file under ../shared, or skip the test with the reason."""
+    """``data/...`` from tests/data, else ../shared/data; ``models/...`` from ../shared, else the model
+    directories (where ``mlff-calc models fetch`` writes); else skip, saying how to get the file."""
+    if parts and parts[0] == "data" and DATA.joinpath(*parts[1:]).exists():
+        return DATA.joinpath(*parts[1:])
     path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference data {path} is absent (set MLFF_CALC_SHARED to the shared folder)")
-    return path
+    if path.exists():
+        return path
+    if parts and parts[0] == "models":
+        from mlff_calc.models.registry import KNOWN_MODELS, model_dirs
+
+        for folder in model_dirs():  # where `mlff-calc models fetch` writes
+            if folder.joinpath(*parts[1:]).exists():
+                return folder.joinpath(*parts[1:])
+        names = {spec.filename: spec.name for spec in KNOWN_MODELS.values()}
+        name = names.get(parts[1]) if len(parts) == 2 else None
+        how = f"get them with `mlff-calc models fetch {name}`" if name else "set MLFF_CALC_SHARED to the folder holding models/"
+        pytest.skip(f"model weights {path} are absent: {how}")
+    pytest.skip(f"reference data {path} is absent from tests/data and {SHARED} (set MLFF_CALC_SHARED to the shared folder)")
+
+
+def require_backend(module: str, extra: str):
+    """The optional backend ``module``, or skip the test naming the pip extra that installs it."""
+    return pytest.importorskip(module, reason=f"optional backend {module} is not installed: pip install 'mlff_calc[{extra}]'")
 
 
 def si8(a: float = 5.43):

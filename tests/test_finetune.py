@@ -7,7 +7,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from helpers import shared_path
+from helpers import require_backend, shared_path
 
 from mlff_calc.errors import ArtifactError
 from mlff_calc.softening import DFTDataset, DFTStructure
@@ -21,6 +21,7 @@ def _fresh(family, mace_small_path=None):
     if family == "m3gnet":
         from mlff_calc.models.m3gnet import M3GNetAdapter
 
+        require_backend("matgl", "m3gnet")
         return M3GNetAdapter.load(shared_path("models", "M3GNet-MP-2021.2.8-PES"), device="cpu")
     from mlff_calc.models.mace import MACEAdapter
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import si8
+from helpers import require_backend, si8
 
 from mlff_calc.errors import ArtifactError, ConfigurationError
 from mlff_calc.ltau import (
@@ -26,6 +26,8 @@ from mlff_calc.ltau import (
     expected_error,
     quantile,
 )
+
+require_backend("faiss", "ltau")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 
@@ -370,7 +372,7 @@ def test_extxyz_round_trip(ltau_built, tmp_path):
     from mlff_calc.layers.ltau import PER_ATOM, LTAULayer
 
     student, _, out = ltau_built
-    calc = MLFFCalculator(student, layers=[LTAULayer.from_dir(out / "ltau")])
+    calc = MLFFCalculator(student, layers=[LTAULayer.from_dir(out / "ltau", annotate=True)])
     frames = [si8(), si8()]
     frames[1].rattle(0.08, seed=6)
     results = calc.evaluate(frames, ("energy", "forces"))

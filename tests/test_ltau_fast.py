@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import require_backend
+
 from mlff_calc.errors import ConfigurationError
 from mlff_calc.ltau import (
     LTAU,
@@ -22,6 +24,8 @@ from mlff_calc.ltau import (
     quantile,
     quantile_from_cdf,
 )
+
+require_backend("faiss", "ltau")
 
 
 def manifold(n, dim=16, seed=0, offset=5.0, spread=0.02):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .types import COUNT
+
 HELP = "list jobs and query rows of a screening results database"
 
 DEFAULT_COLUMNS = ["job", "index", "task", "status", "formula", "energy", "attempts", "worker", "wall_s"]
@@ -26,7 +28,7 @@ def add_arguments(p) -> None:
     q.add_argument("selection", nargs="?", default=None, help="ASE selection, e.g. 'status=failed' or 'task=relax,converged=False'")
     q.add_argument("--columns", default=",".join(DEFAULT_COLUMNS), help="comma-separated columns (any key, 'formula', 'energy', 'fmax', 'error')")
     q.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
-    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--limit", type=COUNT, default=None)
     j = steps.add_parser("jobs", help="the jobs in the database with their counts")
     j.add_argument("db", type=Path)
 
@@ -41,16 +43,56 @@ def _value(row, column):
     return row.get(column)
 
 
-def _open(path):
+def check_database(path, *, new_ok: bool) -> None:
+    """Raise ConfigurationError unless ``path`` is an intact ASE SQLite database; opens it read-only, writes nothing.
+
+    ``new_ok``: a missing or empty file is fine (a database about to be created).
+    """
+    import sqlite3
+
     from ..errors import ConfigurationError
+
+    path = Path(path)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        if new_ok:
+            return
+        raise ConfigurationError(f"results database {path} {'is empty' if path.exists() else 'does not exist'}")
+    if not path.is_file():
+        raise ConfigurationError(f"results database {path} is not a file")
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigurationError(f"results database {path} is not a readable SQLite file ({exc})") from None
+    if check != "ok":
+        raise ConfigurationError(f"results database {path} is damaged (SQLite quick_check: {check})")
+    if "systems" not in tables:
+        raise ConfigurationError(f"{path} is an SQLite file but not an ASE database (no 'systems' table)")
+
+
+def _open(path):
     from ..executors import ResultsDB
 
-    if not Path(path).is_file():
-        raise ConfigurationError(f"results database {path} does not exist")
+    check_database(path, new_ok=False)
     return ResultsDB(path)
 
 
 def run(args) -> int:
+    import sqlite3
+
+    from ..errors import ConfigurationError
+
+    try:
+        return _query(args)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigurationError(f"results database {args.db}: {exc}") from None
+
+
+def _query(args) -> int:
     db = _open(args.db)
     if args.action == "jobs":
         for job, info in sorted(db.jobs().items()):

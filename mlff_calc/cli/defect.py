@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from .types import COUNT, POSITIVE, POSITIVE_INT, REAL
+
 HELP = "formation energy of a vacancy, interstitial or antisite in a supercell"
 #: mlff_calc.workflows.defects.KINDS, spelled out so that `--help` imports no workflow (a test keeps them equal)
 KINDS = ("vacancy", "interstitial", "antisite")
@@ -18,14 +20,14 @@ def add_arguments(p) -> None:
 
     add_structure_argument(p, help="bulk crystal (any ASE-readable file)")
     p.add_argument("--kind", default="vacancy", choices=list(KINDS), help="default: vacancy")
-    p.add_argument("--site", type=int, default=0, help="index (in the input cell) of the atom removed or replaced; default: 0")
+    p.add_argument("--site", type=COUNT, default=0, help="index (in the input cell) of the atom removed or replaced; default: 0")
     p.add_argument("--species", default=None, help="element inserted (interstitial) or put on --site (antisite)")
-    p.add_argument("--position", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="Cartesian position of an interstitial, in Å; default: the largest void")
-    p.add_argument("--supercell", type=int, nargs=3, default=[3, 3, 3], metavar="N", help="repeats of the input cell; default: 3 3 3")
+    p.add_argument("--position", type=REAL, nargs=3, default=None, metavar=("X", "Y", "Z"), help="Cartesian position of an interstitial, in Å; default: the largest void")
+    p.add_argument("--supercell", type=POSITIVE_INT, nargs=3, default=[3, 3, 3], metavar="N", help="repeats of the input cell; default: 3 3 3")
     p.add_argument("--chemical-potential-eV", nargs="+", default=None, metavar="EL=MU", help="chemical potentials in eV/atom, e.g. Na=-1.31; default: the host (elemental crystals) or the relaxed ase.build.bulk crystal of the element")
     p.add_argument("--no-relax", action="store_true", help="no relaxation of host and defect supercells")
-    p.add_argument("--fmax", type=float, default=0.02, help="force threshold of the relaxations, in eV/Å; default: 0.02")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps at most per relaxation; default: 300")
+    p.add_argument("--fmax", type=POSITIVE, default=0.02, help="force threshold of the relaxations, in eV/Å; default: 0.02")
+    p.add_argument("--steps", type=COUNT, default=300, help="optimiser steps at most per relaxation; default: 300")
     p.add_argument("--optimizer", default="FIRE", choices=["FIRE", "LBFGS", "BFGS"], help="default: FIRE")
     add_model_options(p)
     add_output_options(p, "defect")
@@ -63,7 +65,7 @@ def run(args) -> int:
     started = time.time()
     atoms = read_structure(args.structure, args.index)
     mu = chemical_potentials(args.chemical_potential_eV)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=len(atoms) * args.supercell[0] * args.supercell[1] * args.supercell[2])
     wf = PointDefect(
         atoms,
         calc,

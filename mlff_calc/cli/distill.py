@@ -11,6 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Checked,
+    ase_index,
+    device,
+    fractions_sum_to_one,
+)
+
 HELP = "distil a teacher into a small, fast student: sample configurations, label them, train"
 
 
@@ -24,18 +36,18 @@ def _add_sample(p) -> None:
     from .options import add_model_options, add_output_options
 
     p.add_argument("structures", type=Path, help="structures to sample around (any ASE-readable file; every frame is used)")
-    p.add_argument("--index", default=":", help="frames to read (ASE slice syntax); default: all")
-    p.add_argument("--temperatures-K", type=float, nargs="*", default=[300.0, 600.0, 900.0], help="teacher MD temperatures (K)")
-    p.add_argument("--md-frames", type=int, default=20, help="MD frames kept per temperature and structure")
-    p.add_argument("--md-interval", type=int, default=5, help="MD steps between kept frames")
-    p.add_argument("--md-equilibration-steps", type=int, default=20, help="MD steps before the first kept frame")
-    p.add_argument("--timestep-fs", type=float, default=2.0, help="MD timestep (fs)")
-    p.add_argument("--n-rattle", type=int, default=20, help="rattled copies per structure")
-    p.add_argument("--rattle-std-A", type=float, default=0.05, help="rattle standard deviation (Å)")
-    p.add_argument("--n-strain", type=int, default=20, help="strained copies per structure (half +, half -)")
-    p.add_argument("--strain", type=float, default=0.02, help="strain magnitude (Frobenius norm, dimensionless)")
-    p.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"), help="split fractions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=ase_index, default=":", help="frames to read (ASE slice syntax); default: all")
+    p.add_argument("--temperatures-K", type=NON_NEGATIVE, nargs="*", default=[300.0, 600.0, 900.0], help="teacher MD temperatures (K)")
+    p.add_argument("--md-frames", type=POSITIVE_INT, default=20, help="MD frames kept per temperature and structure")
+    p.add_argument("--md-interval", type=POSITIVE_INT, default=5, help="MD steps between kept frames")
+    p.add_argument("--md-equilibration-steps", type=COUNT, default=20, help="MD steps before the first kept frame")
+    p.add_argument("--timestep-fs", type=POSITIVE, default=2.0, help="MD timestep (fs)")
+    p.add_argument("--n-rattle", type=COUNT, default=20, help="rattled copies per structure")
+    p.add_argument("--rattle-std-A", type=NON_NEGATIVE, default=0.05, help="rattle standard deviation (Å)")
+    p.add_argument("--n-strain", type=COUNT, default=20, help="strained copies per structure (half +, half -)")
+    p.add_argument("--strain", type=NON_NEGATIVE, default=0.02, help="strain magnitude (Frobenius norm, dimensionless)")
+    p.add_argument("--split", type=NON_NEGATIVE, action=Checked, check=fractions_sum_to_one, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"), help="split fractions")
+    p.add_argument("--seed", type=COUNT, default=0)
     add_model_options(p)
     add_output_options(p, "distill/samples")
 
@@ -45,11 +57,11 @@ def _add_label(p) -> None:
     from .screen import add_executor_options
 
     p.add_argument("samples", type=Path, help="sample folder written by `mlff-calc distill sample`")
-    p.add_argument("--chunk-size", type=int, default=16, help="structures per label chunk (the unit of resuming)")
-    p.add_argument("--n-rows", type=int, default=8, help="Hessian rows per structure when 3N > --full-hessian-max-dof")
-    p.add_argument("--full-hessian-max-dof", type=int, default=96, help="label the full Hessian when 3N is at most this")
+    p.add_argument("--chunk-size", type=POSITIVE_INT, default=16, help="structures per label chunk (the unit of resuming)")
+    p.add_argument("--n-rows", type=POSITIVE_INT, default=8, help="Hessian rows per structure when 3N > --full-hessian-max-dof")
+    p.add_argument("--full-hessian-max-dof", type=COUNT, default=96, help="label the full Hessian when 3N is at most this")
     p.add_argument("--hessian-method", default="auto", choices=["auto", "autograd", "fd"])
-    p.add_argument("--seed", type=int, default=0, help="seeds the choice of Hessian rows")
+    p.add_argument("--seed", type=COUNT, default=0, help="seeds the choice of Hessian rows")
     add_executor_options(p)
     add_model_options(p)
     add_output_options(p, "distill/labels")
@@ -59,29 +71,29 @@ def _add_train(p) -> None:
     from .options import add_output_options
 
     p.add_argument("labels", type=Path, help="label store folder written by `mlff-calc distill label`")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=30)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    p.add_argument("--lr", type=POSITIVE, default=5e-3)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "plateau", "constant"])
-    p.add_argument("--ema-decay", type=float, default=0.99, help="0 switches EMA off")
-    p.add_argument("--patience", type=int, default=15, help="epochs without validation improvement before stopping")
-    p.add_argument("--lambda-energy", type=float, default=5.0)
-    p.add_argument("--lambda-forces", type=float, default=100.0)
-    p.add_argument("--lambda-kd", type=float, default=400.0, help="Hessian-row weight; 0 trains without the Hessian term")
-    p.add_argument("--lambda-stress", type=float, default=0.0)
-    p.add_argument("--rows-per-structure", type=int, default=4, help="Hessian rows sampled per structure and step")
+    p.add_argument("--ema-decay", type=UNIT_INTERVAL, default=0.99, help="0 switches EMA off")
+    p.add_argument("--patience", type=POSITIVE_INT, default=15, help="epochs without validation improvement before stopping")
+    p.add_argument("--lambda-energy", type=NON_NEGATIVE, default=5.0)
+    p.add_argument("--lambda-forces", type=NON_NEGATIVE, default=100.0)
+    p.add_argument("--lambda-kd", type=NON_NEGATIVE, default=400.0, help="Hessian-row weight; 0 trains without the Hessian term")
+    p.add_argument("--lambda-stress", type=NON_NEGATIVE, default=0.0)
+    p.add_argument("--rows-per-structure", type=POSITIVE_INT, default=4, help="Hessian rows sampled per structure and step")
     p.add_argument("--row-method", default="vjp", choices=["vjp", "fd"], help="student Hessian rows by autograd VJP or finite differences")
-    p.add_argument("--kd-halve-below", type=float, default=None, help="halve lambda-kd once the validation force MAE (eV/Å) falls below this")
+    p.add_argument("--kd-halve-below", type=POSITIVE, default=None, help="halve lambda-kd once the validation force MAE (eV/Å) falls below this")
     p.add_argument("--architecture", default="default", choices=["default", "fast"], help="student size: 'default' (more accurate) or 'fast' (FAST_ARCHITECTURE: about half the cost of a call, about a third more force error on Si; BENCHMARKS.md §6.1); the flags below change single entries")
-    p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--num-interactions", type=int, default=None)
-    p.add_argument("--r-max", type=float, default=None, help="student cutoff (Å)")
-    p.add_argument("--max-ell", type=int, default=None)
-    p.add_argument("--correlation", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]; default: cpu")
+    p.add_argument("--channels", type=POSITIVE_INT, default=None)
+    p.add_argument("--num-interactions", type=POSITIVE_INT, default=None)
+    p.add_argument("--r-max", type=POSITIVE, default=None, help="student cutoff (Å)")
+    p.add_argument("--max-ell", type=COUNT, default=None)
+    p.add_argument("--correlation", type=POSITIVE_INT, default=None)
+    p.add_argument("--device", type=device, default="cpu", help="auto, cpu or cuda[:N]; default: cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster)")
+    p.add_argument("--seed", type=COUNT, default=0)
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch and OpenBLAS CPU threads for this run; default: 1")
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
     add_output_options(p, "distill/student")
 
@@ -92,7 +104,7 @@ def _run_sample(args) -> dict:
     from .options import load_calculator, read_frames
 
     frames = read_frames(args.structures, args.index)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=max(len(a) for a in frames))
     samples = sample(frames, calc, temperatures_K=args.temperatures_K, md_frames_per_T=args.md_frames, md_interval=args.md_interval, md_equilibration_steps=args.md_equilibration_steps, timestep_fs=args.timestep_fs, n_rattle=args.n_rattle, rattle_std_A=args.rattle_std_A, n_strain=args.n_strain, strain=args.strain, split=args.split, seed=args.seed)
     samples.write(args.out_dir)
     print(f"sampled {len(samples)} configurations {samples.counts()} into {args.out_dir}")
@@ -121,9 +133,9 @@ def _run_label(args) -> dict:
 
 def _run_train(args) -> dict:
     from ..distill import train_student
-    from .options import set_threads
+    from .options import default_threads, set_threads
 
-    set_threads(args.threads)
+    set_threads(args.threads or default_threads(None))  # batches of a few small structures
     from ..models.student import DEFAULT_ARCHITECTURE, FAST_ARCHITECTURE
 
     preset = {"default": DEFAULT_ARCHITECTURE, "fast": FAST_ARCHITECTURE}[args.architecture]

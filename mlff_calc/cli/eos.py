@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from .types import COUNT, FRACTION, POSITIVE, Number
+
 HELP = "energy-volume curve and third-order Birch-Murnaghan fit (V0, E0, bulk modulus in GPa)"
 
 
@@ -15,12 +17,12 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options, add_structure_argument
 
     add_structure_argument(p)
-    p.add_argument("--strain-range", type=float, default=0.06, help="volumes span V*(1 ± this) (volumetric strain); default: 0.06")
-    p.add_argument("--points", type=int, default=9, help="number of volumes (at least 5); default: 9")
+    p.add_argument("--strain-range", type=FRACTION, default=0.06, help="volumes span V*(1 ± this) (volumetric strain); default: 0.06")
+    p.add_argument("--points", type=Number(int, 5), default=9, help="number of volumes (at least 5); default: 9")
     p.add_argument("--relax", action="store_true", help="relax positions and cell first (the default; kept for old command lines)")
     p.add_argument("--no-relax", action="store_true", help="no relaxation: centre the volumes on the input's instead of the model's relaxed volume")
-    p.add_argument("--fmax", type=float, default=0.001, help="force threshold of the relaxation, in eV/Å (also bounds the cell forces); default: 0.001")
-    p.add_argument("--steps", type=int, default=500, help="optimiser steps at most for the relaxation; default: 500")
+    p.add_argument("--fmax", type=POSITIVE, default=0.001, help="force threshold of the relaxation, in eV/Å (also bounds the cell forces); default: 0.001")
+    p.add_argument("--steps", type=COUNT, default=500, help="optimiser steps at most for the relaxation; default: 500")
     add_model_options(p)
     add_output_options(p, "eos")
 
@@ -58,7 +60,7 @@ def run(args) -> int:
 
     started = time.time()
     atoms = read_structure(args.structure, args.index)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=len(atoms))
     stem = args.out_dir / args.structure.stem
     wf = EquationOfState(atoms, calc, strain_range=args.strain_range, n_points=args.points, relax=not args.no_relax, fmax_eV_per_A=args.fmax, max_steps=args.steps, prefix=stem)
     res = wf.run()

@@ -25,25 +25,16 @@ source when it differs from the training source; ``--no-calibration`` skips it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from pathlib import Path
 
+from .types import COUNT, FRACTION, POSITIVE_INT
+
 HELP = "build an LTAU uncertainty index (per-atom force-error distributions) from a training run; attach it with --ltau"
 
 log = logging.getLogger(__name__)
-
-
-def ltau_layer(value, args):
-    """Builder of the ``--ltau INDEX_DIR`` layer option (see mlff_calc.cli.options.LAYER_OPTIONS).
-
-    ``md`` looks uncertainties up on demand: for the trajectory frames it writes, not every step.
-    """
-    from ..layers.ltau import LTAULayer
-
-    return LTAULayer.from_dir(Path(value), on_demand=getattr(args, "verb", None) == "md")
 
 
 def add_arguments(p) -> None:
@@ -62,18 +53,18 @@ def _add_build(p) -> None:
     p.add_argument("--train-data", default=None, metavar="SPEC", help="training data of a fine-tune run; default: train_source in RUN_DIR/finetune.json")
     p.add_argument("--calibration", default=None, metavar="SPEC", help="held-out labelled data for calibrating k, the scale and the 90 %% interval")
     p.add_argument("--no-calibration", action="store_true", help="store the given --k and scale 1 without calibrating")
-    p.add_argument("--n-bins", type=int, default=100, help="histogram bins per atom; default: 100")
-    p.add_argument("--burn-in", type=int, default=0, help="first epochs of the error log to drop; default: 0")
-    p.add_argument("--k", type=int, default=10, help="neighbours when not calibrating; default: 10")
+    p.add_argument("--n-bins", type=POSITIVE_INT, default=100, help="histogram bins per atom; default: 100")
+    p.add_argument("--burn-in", type=COUNT, default=0, help="first epochs of the error log to drop; default: 0")
+    p.add_argument("--k", type=POSITIVE_INT, default=10, help="neighbours when not calibrating; default: 10")
     p.add_argument("--ks", default="1,2,5,10,20,50", help="candidate k for calibration; default: 1,2,5,10,20,50")
-    p.add_argument("--level", type=float, default=0.9, help="coverage the interval is calibrated to; default: 0.9")
+    p.add_argument("--level", type=FRACTION, default=0.9, help="coverage the interval is calibrated to; default: 0.9")
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"], help="exact (flat) or approximate (hnsw, ivf) search; default: flat")
     p.add_argument("--per-element", action="store_true", help="search only training atoms of the same element")
-    p.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node; default: 32")
-    p.add_argument("--ef-construction", type=int, default=200, help="HNSW build breadth; default: 200")
-    p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth; default: 64")
-    p.add_argument("--nlist", type=int, default=None, help="IVF cells; default: sqrt(training atoms)")
-    p.add_argument("--nprobe", type=int, default=8, help="IVF cells scanned per query; default: 8")
+    p.add_argument("--hnsw-m", type=POSITIVE_INT, default=32, help="HNSW links per node; default: 32")
+    p.add_argument("--ef-construction", type=POSITIVE_INT, default=200, help="HNSW build breadth; default: 200")
+    p.add_argument("--ef-search", type=POSITIVE_INT, default=64, help="HNSW search breadth; default: 64")
+    p.add_argument("--nlist", type=POSITIVE_INT, default=None, help="IVF cells; default: sqrt(training atoms)")
+    p.add_argument("--nprobe", type=POSITIVE_INT, default=8, help="IVF cells scanned per query; default: 8")
     p.add_argument("--exact-search", default="auto", choices=["auto", "faiss", "kdtree", "blocked"], help="search of a flat index: faiss, a k-d tree in principal axes, or blocked matrix products (auto: k-d tree up to 64 descriptor dimensions, blocked above)")
     add_model_options(p, layers=False)
     p.set_defaults(model=None)
@@ -133,9 +124,13 @@ def run_inputs(args) -> dict:
     if (run / "student.json").is_file() or (run / "train-history.json").is_file():
         labels = args.labels
         if labels is None:
+            from ..artifacts import read_json
+
+            if not (run / "train-history.json").is_file():
+                raise ConfigurationError(f"{run} holds no train-history.json naming the label store; pass --labels")
             try:
-                labels = json.loads((run / "train-history.json").read_text())["config"]["label_store"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                labels = read_json(run / "train-history.json", kind="training history")["config"]["label_store"]
+            except (KeyError, TypeError) as exc:
                 raise ConfigurationError(f"{run}/train-history.json does not name the label store; pass --labels") from exc
         labels = Path(labels)
         if not labels.is_dir():

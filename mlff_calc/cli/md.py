@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from .types import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, REAL
+
 HELP = "molecular dynamics; writes a log, an extxyz trajectory, a restart file and energy/temperature traces"
 
 #: defaults of the options a restart file may supply instead
@@ -21,19 +23,19 @@ def add_arguments(p) -> None:
 
     add_structure_argument(p)
     p.add_argument("--ensemble", default=None, choices=ENSEMBLE_CHOICES, help="default: nve (or the restart file's)")
-    p.add_argument("--temperature-K", type=float, default=None, help="thermostat target and initial Maxwell-Boltzmann temperature, in K; default: 300")
-    p.add_argument("--initial-temperature-K", type=float, default=None, help="initial velocities at this temperature instead (K)")
-    p.add_argument("--timestep-fs", type=float, default=None, help="integration step, in fs; default: 1")
-    p.add_argument("--steps", type=int, default=1000, help="number of MD steps; default: 1000")
-    p.add_argument("--pressure-GPa", type=float, default=None, help="NPT target pressure, in GPa; default: 0")
-    p.add_argument("--friction-per-fs", type=float, default=0.01, help="Langevin friction, in 1/fs; default: 0.01")
-    p.add_argument("--tdamp-fs", type=float, default=100.0, help="Nose-Hoover thermostat time, in fs; default: 100")
-    p.add_argument("--pdamp-fs", type=float, default=1000.0, help="MTK barostat time, in fs; default: 1000")
-    p.add_argument("--supercell", type=int, nargs=3, default=None, metavar="N", help="repeat the input cell first, e.g. 2 2 2")
-    p.add_argument("--log-interval", type=int, default=10, help="steps between log rows; default: 10")
-    p.add_argument("--traj-interval", type=int, default=None, help="steps between trajectory frames; default: --log-interval")
-    p.add_argument("--restart-interval", type=int, default=None, help="steps between restart files; default: at the end only")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial velocities and the Langevin noise; default: 0")
+    p.add_argument("--temperature-K", type=NON_NEGATIVE, default=None, help="thermostat target and initial Maxwell-Boltzmann temperature, in K; default: 300")
+    p.add_argument("--initial-temperature-K", type=NON_NEGATIVE, default=None, help="initial velocities at this temperature instead (K)")
+    p.add_argument("--timestep-fs", type=POSITIVE, default=None, help="integration step, in fs; default: 1")
+    p.add_argument("--steps", type=COUNT, default=1000, help="number of MD steps; default: 1000")
+    p.add_argument("--pressure-GPa", type=REAL, default=None, help="NPT target pressure, in GPa; default: 0")
+    p.add_argument("--friction-per-fs", type=NON_NEGATIVE, default=0.01, help="Langevin friction, in 1/fs; default: 0.01")
+    p.add_argument("--tdamp-fs", type=POSITIVE, default=100.0, help="Nose-Hoover thermostat time, in fs; default: 100")
+    p.add_argument("--pdamp-fs", type=POSITIVE, default=1000.0, help="MTK barostat time, in fs; default: 1000")
+    p.add_argument("--supercell", type=POSITIVE_INT, nargs=3, default=None, metavar="N", help="repeat the input cell first, e.g. 2 2 2")
+    p.add_argument("--log-interval", type=POSITIVE_INT, default=10, help="steps between log rows; default: 10")
+    p.add_argument("--traj-interval", type=POSITIVE_INT, default=None, help="steps between trajectory frames; default: --log-interval")
+    p.add_argument("--restart-interval", type=POSITIVE_INT, default=None, help="steps between restart files; default: at the end only")
+    p.add_argument("--seed", type=COUNT, default=0, help="seeds the initial velocities and the Langevin noise; default: 0")
     p.add_argument(
         "--restart",
         action="store_true",
@@ -96,15 +98,15 @@ def run(args) -> int:
     thermo = {k: getattr(args, k) for k in THERMO_DEFAULTS}
     stem = args.out_dir / args.structure.stem.removesuffix("-md-restart")
     if args.restart:
-        read_structure(args.structure, -1)  # a clear error for a missing or unreadable file
-        calc = load_calculator(args)
+        last = read_structure(args.structure, -1)  # a clear error for a missing or unreadable file
+        calc = load_calculator(args, n_atoms=len(last))
         given = {k: v for k, v in thermo.items() if v is not None}
         wf = MolecularDynamics.restart(args.structure, calc, prefix=stem, **given, **md_kwargs)
     else:
         atoms = read_structure(args.structure, args.index)
         if args.supercell:
             atoms = atoms.repeat(tuple(args.supercell))
-        calc = load_calculator(args)
+        calc = load_calculator(args, n_atoms=len(atoms))
         filled = {k: (THERMO_DEFAULTS[k] if v is None else v) for k, v in thermo.items()}
         wf = MolecularDynamics(atoms, calc, prefix=stem, **filled, **md_kwargs)
     res = wf.run()

@@ -1,12 +1,29 @@
-"""``mlff-calc models``: known names, where their weights are looked for, and a check that they load."""
+"""``mlff-calc models``: known names, where their weights are looked for, and a check that they load.
+
+``mlff-calc models fetch NAME`` downloads published weights (the only command that downloads).
+"""
 
 from __future__ import annotations
 
-HELP = "list known models, where their weights would be found, and verify them"
+HELP = "list known models, where their weights would be found, and verify them; 'fetch NAME' downloads weights"
 
 
 def add_arguments(p) -> None:
     p.add_argument("--verify", action="store_true", help="load each available model and check its known-good energy")
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    f = sub.add_parser("fetch", help="download a model's published weights into the model directory (sha256-checked)")
+    f.add_argument("name", help="a known model name (see `mlff-calc models`)")
+    f.add_argument("--model-dir", default=None, help="folder to write into (default: $MLFF_CALC_MODEL_DIR, else ~/.cache/mlff_calc/models)")
+    f.add_argument("--sha256", default=None, help="expected sha256 of a one-file model whose hash mlff_calc does not know")
+    f.add_argument("--force", action="store_true", help="download again even if the weights are present")
+    f.set_defaults(_run=run_fetch)
+
+
+def run_fetch(args) -> int:
+    from ..models.fetch import fetch
+
+    print(fetch(args.name, model_dir=args.model_dir, sha256=args.sha256, force=args.force))
+    return 0
 
 
 def run(args) -> int:
@@ -17,7 +34,7 @@ def run(args) -> int:
     aliases = {v: k for k, v in ALIASES.items()}
     rows = []
     for name, spec in KNOWN_MODELS.items():
-        where = "chgnet wheel" if spec.bundled else (str(locate(spec)) if locate(spec) else f"missing: {spec.filename}")
+        where = "chgnet wheel" if spec.bundled else (str(locate(spec)) if locate(spec) else f"missing: {spec.filename} (mlff-calc models fetch {name})")
         status = ""
         if args.verify and (spec.bundled or locate(spec)):
             import mlff_calc

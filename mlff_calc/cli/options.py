@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from .._runtime import restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
+from .._runtime import default_threads, restore_threads, set_threads  # noqa: F401 (the verbs' thread control)
+from ..data.structure_files import read_frames, read_structure  # noqa: F401 (the verbs' readers)
 from ..errors import ConfigurationError
+from .types import POSITIVE_INT, ase_index, coerce, device
 
 
 def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, threads_default: int | None = None) -> None:
     """``--model --device --dtype --threads --config`` and, with ``layers``, every option of :data:`LAYER_OPTIONS`."""
     p.add_argument("--model", default="chgnet", help="model name or path (see `mlff-calc models`); default: chgnet")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]; default: auto")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu or cuda[:N]; default: auto")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model family's own")
-    p.add_argument("--threads", type=int, default=threads_default, help="torch and OpenBLAS CPU threads for this run (on small, busy machines 1 is often much faster); default: " + ("the libraries' own" if threads_default is None else str(threads_default)))
+    p.add_argument("--threads", type=POSITIVE_INT, default=threads_default, help="torch and OpenBLAS CPU threads for this run; default: " + ("chosen from the structure's size (see README, Threads)" if threads_default is None else str(threads_default)))
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
     p.add_argument("--compile", action="store_true", help="distilled students only: run energy/forces/stress through one torch.compile'd graph (2-3x faster calls after a compile of tens of seconds)")
     if layers:
@@ -43,50 +46,37 @@ def add_steps(p: argparse.ArgumentParser, steps: dict) -> None:
 
 @dataclass(frozen=True)
 class LayerOption:
-    """A command-line option that attaches one calculator layer built from its value."""
+    """A command-line flag that attaches one calculator layer, built by ``from_option(value, verb=...)`` of its class.
+
+    The class is named by its import path (``module:Class``), so building the parser
+    (``--help``) imports no layer.
+    """
 
     flag: str
     metavar: str
     help: str
-    build: Callable  # (value, args) -> Layer
+    layer: str
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
+    def layer_class(self) -> type:
+        module, name = self.layer.split(":")
+        return getattr(importlib.import_module(module), name)
 
-def _softening_layer(value, args):
-    from ..layers.softening import SofteningLayer
-
-    return SofteningLayer.from_file(Path(value))
-
-
-def _ltau_layer(value, args):
-    from .ltau import ltau_layer
-
-    return ltau_layer(value, args)
-
-
-def _ttt_layer(value, args):
-    from .ttt import ttt_layer
-
-    return ttt_layer(value, args)
-
-
-def _rewire_layer(value, args):
-    from .rewire import rewire_layer
-
-    return rewire_layer(value, args)
+    def build(self, value, args):
+        return self.layer_class().from_option(str(value), verb=getattr(args, "verb", None))
 
 
 #: Layers the command line can attach, in the order of the calculator's layer list.
 #: Later layers (``--ltau``, ``--rewire``, ``--ttt``) go before softening, which must
-#: stay last so it scales the model's output only (see mlff_calc.layers.softening).
+#: stay last so it scales the model's output only (see mlff_calc.softening.layer).
 LAYER_OPTIONS: tuple[LayerOption, ...] = (
-    LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", _ttt_layer),
-    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", _rewire_layer),
-    LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", _ltau_layer),
-    LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", _softening_layer),
+    LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", "mlff_calc.ttt.layer:TTTLayer"),
+    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", "mlff_calc.rewiring.layer:RewiringLayer"),
+    LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", "mlff_calc.ltau.layer:LTAULayer"),
+    LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", "mlff_calc.softening.layer:SofteningLayer"),
 )
 
 
@@ -105,43 +95,19 @@ def build_layers(args) -> list:
 
 def add_structure_argument(p: argparse.ArgumentParser, name: str = "structure", help: str = "input structure (any ASE-readable file: extxyz, cif, POSCAR, ...)", **kwargs) -> None:
     p.add_argument(name, type=Path, help=help, **kwargs)
-    p.add_argument("--index", default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
-
-
-def read_structure(path, index="-1"):
-    """One Atoms from ``path`` (:func:`read_frames` with ``index`` selecting exactly one non-empty frame)."""
-    frames = read_frames(path, str(index))
-    if len(frames) != 1:
-        raise ConfigurationError(f"--index {index} selects {len(frames)} frames of {path}; give a single frame")
-    if len(frames[0]) == 0:
-        raise ConfigurationError(f"{path} holds an empty structure")
-    return frames[0]
-
-
-def read_frames(path, index=":") -> list:
-    """Every frame of ``path`` selected by ``index`` (ASE slice syntax); unreadable or empty raises ConfigurationError."""
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(f"structure file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=index)
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, UnknownFileTypeError) as exc:
-        raise ConfigurationError(f"cannot read structures from {path} (index {index}): {exc}") from exc
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise ConfigurationError(f"{path} (index {index}) holds no structures")
-    return frames
+    p.add_argument("--index", type=ase_index, default="-1", help="frame to read from a multi-frame file (ASE index); default: the last")
 
 
 def add_output_options(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("mlff_results") / default_dir, help="folder for every output file")
 
 
-def apply_config(args: argparse.Namespace, parser_defaults: dict) -> argparse.Namespace:
-    """Fill options from ``--config``; flags given on the command line win. Unknown keys are rejected."""
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill options from ``--config``; flags given on the command line win.
+
+    Unknown keys are rejected; values are converted and checked by the option's
+    own type, choices and checks (mlff_calc.cli.types.coerce).
+    """
     if getattr(args, "config", None) is None:
         return args
     try:
@@ -150,24 +116,56 @@ def apply_config(args: argparse.Namespace, parser_defaults: dict) -> argparse.Na
         raise ConfigurationError(f"cannot read config {args.config}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"config {args.config} must be a mapping of option names to values")
-    known = {k for k in vars(args) if not k.startswith("_")}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and not a.dest.startswith("_") and not isinstance(a, argparse._SubParsersAction)}
     for key, value in data.items():
-        attr = key.replace("-", "_")
-        if attr not in known or attr == "config":
-            raise ConfigurationError(f"config {args.config}: unknown option '{key}'; valid: {', '.join(sorted(known - {'config'}))}")
-        if getattr(args, attr) == parser_defaults.get(attr):
-            setattr(args, attr, type(parser_defaults[attr])(value) if isinstance(parser_defaults.get(attr), Path) else value)
+        attr = str(key).replace("-", "_")
+        if attr not in actions:
+            raise ConfigurationError(f"config {args.config}: unknown option '{key}'; valid: {', '.join(sorted(actions))}")
+        action = actions[attr]
+        try:
+            value = coerce(action, value)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigurationError(f"config {args.config}: {key} ({(action.option_strings or [action.dest])[-1]}) {exc}") from None
+        if getattr(args, attr) == action.default:
+            setattr(args, attr, value)
     return args
 
 
-def load_calculator(args, *, layers: bool = True):
+def check_outputs(args) -> None:
+    """Before any work: the output folder (``--out-dir``) and the ``--out`` target (and ``screen --db``) must be writable."""
+    for attr in ("out_dir", "out", "db") if getattr(args, "verb", None) == "screen" else ("out_dir", "out"):
+        target = getattr(args, attr, None)
+        if target is None or not isinstance(target, Path):
+            continue
+        folder = target if attr == "out_dir" or target.is_dir() else target.parent
+        writable_folder(folder, f"--{attr.replace('_', '-')} {target}")
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Raise ConfigurationError unless files can be created in ``folder`` (or, when missing, its nearest existing parent)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(f"{what}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlff-calc-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigurationError(f"{what}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def load_calculator(args, *, layers: bool = True, n_atoms: int | None = None):
     """The calculator of ``--model/--device/--dtype`` with the layers of :data:`LAYER_OPTIONS` attached.
 
-    ``layers=False`` gives the bare model (e.g. to fit a correction of it). Also applies ``--threads``.
+    ``layers=False`` gives the bare model (e.g. to fit a correction of it). Also applies
+    ``--threads``, or without it :func:`default_threads` for graphs of ``n_atoms``.
     """
     import mlff_calc
 
-    set_threads(getattr(args, "threads", None))
+    threads = getattr(args, "threads", None)
+    set_threads(default_threads(n_atoms) if threads is None else threads)
     calc = mlff_calc.load(args.model, device=args.device, dtype=args.dtype, layers=build_layers(args) if layers else ())
     if getattr(args, "compile", False):
         from ..models.registry import compile_student
@@ -224,3 +222,4 @@ def show_outputs(outputs: dict, summary: Path) -> None:
     print(f"outputs in {Path(summary).parent}:")
     for key, path in {**{k: v for k, v in outputs.items() if v is not None}, "summary": summary}.items():
         print(f"  {key:<12} {Path(path).name}")
+

@@ -14,6 +14,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import (
+    INT,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    Checked,
+    Number,
+    supercell_repeats,
+)
+
 HELP = "phonon bands, DOS and thermal properties (phonopy), optionally against a DFT reference"
 
 
@@ -21,18 +31,18 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options, add_structure_argument
 
     add_structure_argument(p, nargs="?", default=None, help="unit cell (any ASE-readable file); optional with --reference, which then supplies cell and displacements")
-    p.add_argument("--supercell", type=int, nargs="+", default=[2, 2, 2], metavar="N", help="3 integers or a 3x3 matrix (9 integers, row by row) in the basis of the input cell; default: 2 2 2")
-    p.add_argument("--displacement", type=float, default=0.01, help="finite-displacement amplitude, in Å; default: 0.01")
+    p.add_argument("--supercell", type=INT, action=Checked, check=supercell_repeats, nargs="+", default=[2, 2, 2], metavar="N", help="3 integers or a 3x3 matrix (9 integers, row by row) in the basis of the input cell; default: 2 2 2")
+    p.add_argument("--displacement", type=POSITIVE, default=0.01, help="finite-displacement amplitude, in Å; default: 0.01")
     p.add_argument("--primitive-matrix", default="auto", help="phonopy primitive matrix: auto, P, F, I, ... ; default: auto")
     p.add_argument("--born", type=Path, default=None, help="phonopy BORN file: non-analytical correction for polar crystals")
     p.add_argument("--reference", type=Path, default=None, help="DFT phonopy reference (folder or yaml): its bands and DOS are drawn dashed")
-    p.add_argument("--mesh", type=int, nargs=3, default=[20, 20, 20], metavar="N", help="q-mesh for DOS and thermal properties; default: 20 20 20")
-    p.add_argument("--band-npoints", type=int, default=51, help="q-points per band segment; default: 51")
-    p.add_argument("--t-max-K", type=float, default=1000.0, help="highest temperature of the thermal properties, in K; default: 1000")
-    p.add_argument("--t-step-K", type=float, default=10.0, help="temperature step of the thermal properties, in K; default: 10")
+    p.add_argument("--mesh", type=POSITIVE_INT, nargs=3, default=[20, 20, 20], metavar="N", help="q-mesh for DOS and thermal properties; default: 20 20 20")
+    p.add_argument("--band-npoints", type=Number(int, 2), default=51, help="q-points per band segment; default: 51")
+    p.add_argument("--t-max-K", type=NON_NEGATIVE, default=1000.0, help="highest temperature of the thermal properties, in K; default: 1000")
+    p.add_argument("--t-step-K", type=POSITIVE, default=10.0, help="temperature step of the thermal properties, in K; default: 10")
     p.add_argument("--subtract-residual-forces", action="store_true", help="subtract the forces on the undisplaced supercell (when the input is not the model's equilibrium)")
     p.add_argument("--symmetrize-fc", action="store_true", help="symmetrise the force constants")
-    p.add_argument("--batch-size", type=int, default=32, help="displaced supercells per forward pass; default: 32")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="displaced supercells per forward pass; default: 32")
     add_model_options(p)
     add_output_options(p, "phonons")
 
@@ -60,9 +70,11 @@ def phonon_results(wf, res) -> dict:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from ..errors import ConfigurationError
     from ..workflows import UNITS
-    from ..workflows.phonons import Phonons, load_phonopy_reference, special_point_frequencies
+    from ..workflows.phonons import Phonons, load_phonopy_reference
     from .options import load_calculator, read_structure, show_outputs, write_summary
 
     started = time.time()
@@ -70,7 +82,11 @@ def run(args) -> int:
         raise ConfigurationError("give a structure file, or --reference with a phonopy dataset to reuse")
     atoms = read_structure(args.structure, args.index) if args.structure is not None else None
     reference = load_phonopy_reference(args.reference) if args.reference is not None else None
-    calc = load_calculator(args)
+    if atoms is not None:
+        n_supercell = len(atoms) * abs(round(float(np.linalg.det(np.diag(args.supercell) if len(args.supercell) == 3 else np.reshape(args.supercell, (3, 3))))))
+    else:
+        n_supercell = len(reference.supercell)
+    calc = load_calculator(args, n_atoms=n_supercell)
     kwargs = dict(
         displacement=args.displacement,
         batch_size=args.batch_size,

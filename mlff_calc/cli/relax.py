@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+from .types import COUNT, POSITIVE, REAL
+
 HELP = "relax atomic positions and the cell of a structure; writes the trajectory and the relaxed structure"
 
 
@@ -14,13 +16,13 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options, add_structure_argument
 
     add_structure_argument(p)
-    p.add_argument("--fmax", type=float, default=0.01, help="convergence threshold on the largest force, in eV/Å (also bounds the cell forces); default: 0.01")
-    p.add_argument("--steps", type=int, default=500, help="optimiser steps at most; default: 500")
+    p.add_argument("--fmax", type=POSITIVE, default=0.01, help="convergence threshold on the largest force, in eV/Å (also bounds the cell forces); default: 0.01")
+    p.add_argument("--steps", type=COUNT, default=500, help="optimiser steps at most; default: 500")
     p.add_argument("--optimizer", default="FIRE", choices=["FIRE", "LBFGS", "BFGS"], help="default: FIRE")
     p.add_argument("--fixed-cell", action="store_true", help="relax positions only, at fixed cell")
     p.add_argument("--keep-symmetry", action="store_true", help="symmetrise the input and keep its space group")
-    p.add_argument("--symprec", type=float, default=1e-3, help="symmetry tolerance (Å) for --keep-symmetry and the reported space group")
-    p.add_argument("--pressure-GPa", type=float, default=0.0, help="external hydrostatic pressure for the cell relaxation, in GPa; default: 0")
+    p.add_argument("--symprec", type=POSITIVE, default=1e-3, help="symmetry tolerance (Å) for --keep-symmetry and the reported space group")
+    p.add_argument("--pressure-GPa", type=REAL, default=0.0, help="external hydrostatic pressure for the cell relaxation, in GPa; default: 0")
     add_model_options(p)
     add_output_options(p, "relax")
 
@@ -32,7 +34,7 @@ def run(args) -> int:
 
     started = time.time()
     atoms = read_structure(args.structure, args.index)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=len(atoms))
     stem = args.out_dir / args.structure.stem
     wf = Relax(
         atoms,

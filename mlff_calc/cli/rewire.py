@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import POSITIVE, POSITIVE_INT, ase_index, device
+
 HELP = "test-time radius refinement: build a spectrum reference for a model, or show r* for a structure (see --rewire)"
 
 #: mlff_calc.rewiring.DISTANCES and SELF_IMAGES, spelled out so that `--help` stays cheap (a test keeps them equal)
@@ -32,38 +34,15 @@ def add_arguments(p) -> None:
     add_steps(p, STEPS)
 
 
-# --rewire ---------------------------------------------------------------------------------
-def split_value(value) -> tuple[Path, str]:
-    """``REF.json[:DISTANCE]`` -> ``(path, distance)``; the distance defaults to padded L2."""
-    text = str(value)
-    head, sep, tail = text.rpartition(":")
-    if sep and tail in DISTANCES:
-        return Path(head), tail
-    if sep and not Path(text).exists() and "/" not in tail and "\\" not in tail:
-        from ..errors import ConfigurationError
-
-        raise ConfigurationError(f"--rewire {text}: unknown spectral distance {tail!r}; use REF.json or REF.json:DISTANCE with DISTANCE one of {DISTANCES}")
-    return Path(text), "padded_l2"
-
-
-def rewire_layer(value, args):
-    """The layer of ``--rewire REF.json[:DISTANCE]`` (checked against the model when the calculator is built)."""
-    from ..layers.rewiring import RewiringLayer
-    from ..rewiring import SpectrumReference
-
-    path, distance = split_value(value)
-    return RewiringLayer(SpectrumReference.load(path), distance=distance)
-
-
 # build-reference --------------------------------------------------------------------------
 def _add_build(p) -> None:
     from .options import add_model_options, add_output_options
 
     p.add_argument("structures", type=Path, nargs="?", default=None, help="in-distribution structures (any ASE-readable file); default for a student: its training split")
-    p.add_argument("--index", default=":", help="frames of STRUCTURES to use (ASE slice syntax); default: all")
+    p.add_argument("--index", type=ase_index, default=":", help="frames of STRUCTURES to use (ASE slice syntax); default: all")
     p.add_argument("--out", type=Path, default=None, metavar="REF.json", help="where to save the reference (JSON manifest + .npz beside it); default: <out-dir>/rewire-reference.json")
     p.add_argument("--self-images", default="drop", choices=list(SELF_IMAGES), help="periodic self-images of an atom in small cells: left out of the graph (default) or counted")
-    p.add_argument("--bins", type=int, default=50, help="histogram bins over [0, 2]; default: 50")
+    p.add_argument("--bins", type=POSITIVE_INT, default=50, help="histogram bins over [0, 2]; default: 50")
     add_model_options(p, layers=False)
     add_output_options(p, "rewire")
 
@@ -126,21 +105,21 @@ def _add_choose(p) -> None:
     add_structure_argument(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.json", help="spectrum reference written by `mlff-calc rewire build-reference`")
     p.add_argument("--distance", default="padded_l2", choices=list(DISTANCES), help="spectral distance; default: padded_l2 (the paper's)")
-    p.add_argument("--n-radii", type=int, default=10, help="candidate radii from 0.5 rc to rc; default: 10")
-    p.add_argument("--radii", type=float, nargs="+", default=None, metavar="R", help="explicit candidate radii (Å, within the native cutoff; rc is always added)")
+    p.add_argument("--n-radii", type=POSITIVE_INT, default=10, help="candidate radii from 0.5 rc to rc; default: 10")
+    p.add_argument("--radii", type=POSITIVE, nargs="+", default=None, metavar="R", help="explicit candidate radii (Å, within the native cutoff; rc is always added)")
     p.add_argument("--no-centre", dest="centre", action="store_false", help="keep r* at the best candidate radius instead of centring it in the gap between neighbour distances (--rewire always centres)")
     p.add_argument("--model", default=None, help="also check that the reference belongs to this model (name or path)")
-    p.add_argument("--device", default="cpu", help="device for --model; default: cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch and BLAS CPU threads")
+    p.add_argument("--device", type=device, default="cpu", help="device for --model; default: cpu")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch and BLAS CPU threads")
     add_output_options(p, "rewire")
 
 
 def _run_choose(args) -> dict:
     from ..rewiring import SpectrumReference, choose_radius
-    from .options import read_structure, set_threads
+    from .options import default_threads, read_structure, set_threads
 
-    set_threads(args.threads)
     atoms = read_structure(args.structure, args.index)
+    set_threads(args.threads or default_threads(len(atoms)))
     calc = None
     if args.model is not None:
         import mlff_calc

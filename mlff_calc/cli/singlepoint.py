@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import POSITIVE_INT, ase_index
+
 HELP = "energy, forces and stress for each structure in a file (any ASE-readable format)"
 
 
@@ -12,8 +14,8 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options
 
     p.add_argument("structures", type=Path, help="input file, e.g. an extxyz with several frames")
-    p.add_argument("--index", default=":", help="frames to read (ASE slice syntax); default: all")
-    p.add_argument("--batch-size", type=int, default=16, help="structures per forward pass")
+    p.add_argument("--index", type=ase_index, default=":", help="frames to read (ASE slice syntax); default: all")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="structures per forward pass")
     add_model_options(p)
     add_output_options(p, "singlepoint")
 
@@ -27,7 +29,7 @@ def run(args) -> int:
 
     started = time.time()
     frames = read_frames(args.structures, args.index)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=max(sum(len(a) for a in frames[i : i + args.batch_size]) for i in range(0, len(frames), args.batch_size)))
     out_xyz = args.out_dir / f"{args.structures.stem}-results.extxyz"
     results = []
     for start in progress_bar(range(0, len(frames), args.batch_size), desc="singlepoint", unit="batch", enabled=None if len(frames) > args.batch_size else False):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+from .types import COUNT, INT, POSITIVE, POSITIVE_INT, Checked, not_all_zero
+
 HELP = "surface energy γ (eV/Å² and J/m²) of a slab cut from a bulk crystal"
 
 
@@ -14,13 +16,13 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options, add_structure_argument
 
     add_structure_argument(p, help="bulk crystal (any ASE-readable file, primitive or conventional); Miller indices refer to its conventional standard cell")
-    p.add_argument("--miller", type=int, nargs=3, default=[1, 0, 0], metavar=("H", "K", "L"), help="Miller indices of the surface; default: 1 0 0")
+    p.add_argument("--miller", type=INT, action=Checked, check=not_all_zero, nargs=3, default=[1, 0, 0], metavar=("H", "K", "L"), help="Miller indices of the surface; default: 1 0 0")
     p.add_argument("--miller-cell", default="conventional", choices=["conventional", "input"], help="the cell the Miller indices refer to: the conventional standard cell (spglib) or the input cell as given; default: conventional")
-    p.add_argument("--layers", type=int, default=6, help="repeats of the cell's lattice planes in the slab; default: 6")
-    p.add_argument("--vacuum", type=float, default=10.0, help="vacuum on each side of the slab, in Å; default: 10")
+    p.add_argument("--layers", type=POSITIVE_INT, default=6, help="repeats of the cell's lattice planes in the slab; default: 6")
+    p.add_argument("--vacuum", type=POSITIVE, default=10.0, help="vacuum on each side of the slab, in Å; default: 10")
     p.add_argument("--relax", action="store_true", help="relax the slab's positions at fixed cell (the bulk is taken as relaxed)")
-    p.add_argument("--fmax", type=float, default=0.02, help="force threshold of --relax, in eV/Å; default: 0.02")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps at most for --relax; default: 300")
+    p.add_argument("--fmax", type=POSITIVE, default=0.02, help="force threshold of --relax, in eV/Å; default: 0.02")
+    p.add_argument("--steps", type=COUNT, default=300, help="optimiser steps at most for --relax; default: 300")
     p.add_argument("--optimizer", default="FIRE", choices=["FIRE", "LBFGS", "BFGS"], help="default: FIRE")
     add_model_options(p)
     add_output_options(p, "surface")
@@ -33,7 +35,7 @@ def run(args) -> int:
 
     started = time.time()
     atoms = read_structure(args.structure, args.index)
-    calc = load_calculator(args)
+    calc = load_calculator(args, n_atoms=len(atoms) * args.layers)
     wf = SurfaceEnergy(
         atoms,
         calc,

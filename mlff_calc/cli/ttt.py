@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .types import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, UNIT_INTERVAL, device
+
 HELP = "train a two-head student with a cheap physical prior, or adapt one at test time (see --ttt)"
 PRIOR_NAMES = ("gfn1-xtb", "gfn2-xtb", "emt", "lj", "morse")  # mlff_calc.ttt.priors.PRIORS (a test keeps them equal)
 
@@ -25,11 +27,11 @@ def add_arguments(p) -> None:
 
 
 def _add_adapt_config(p) -> None:
-    p.add_argument("--steps", type=int, default=500, help="SGD steps; default: 500 (the paper's)")
-    p.add_argument("--batch-size", type=int, default=32, help="structures per step; default: 32")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate; default: 1e-5")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-3)
+    p.add_argument("--steps", type=POSITIVE_INT, default=500, help="SGD steps; default: 500 (the paper's)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="structures per step; default: 32")
+    p.add_argument("--lr", type=POSITIVE, default=1e-5, help="learning rate; default: 1e-5")
+    p.add_argument("--momentum", type=UNIT_INTERVAL, default=0.9)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-3)
 
 
 def adapt_config(args) -> dict:
@@ -43,14 +45,14 @@ def _add_train(p) -> None:
     p.add_argument("--prior", default="emt", choices=PRIOR_NAMES, help="cheap physical prior; default: emt")
     p.add_argument("--prior-params", default=None, metavar="JSON", help='prior parameters, e.g. \'{"sigma": 2.1, "epsilon": 0.1}\' for lj')
     p.add_argument("--out", type=Path, required=True, help="folder for the two-head student")
-    p.add_argument("--prior-epochs", type=int, default=30)
-    p.add_argument("--reference-epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--prior-epochs", type=COUNT, default=30)
+    p.add_argument("--reference-epochs", type=COUNT, default=30)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    p.add_argument("--lr", type=POSITIVE, default=5e-3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1)
+    p.add_argument("--seed", type=COUNT, default=0)
     add_output_options(p, "ttt")
 
 
@@ -63,17 +65,6 @@ def _add_adapt(p) -> None:
     _add_adapt_config(p)
     add_model_options(p, layers=False, threads_default=1)
     add_output_options(p, "ttt")
-
-
-def ttt_layer(value, args):
-    """The layer of ``--ttt``: a folder from ``ttt adapt``, or a structure file to adapt on."""
-    from ..layers.ttt import TTTLayer
-    from .options import read_frames
-
-    path = Path(value)
-    if path.is_dir():
-        return TTTLayer(adapted=path)
-    return TTTLayer(adapt_on=read_frames(path))
 
 
 def _run_train(args) -> int:
@@ -103,7 +94,7 @@ def _run_adapt(args) -> int:
 
     started = time.time()
     frames = read_frames(args.structure, args.index)
-    calc = load_calculator(args, layers=False)
+    calc = load_calculator(args, layers=False, n_atoms=max(len(a) for a in frames))
     layer = TTTLayer(**adapt_config(args))
     layer.bind(calc.adapter)
     history = layer.adapt(frames)

@@ -16,11 +16,19 @@ config skips the chunks listed there; a chunk file that exists but is not listed
 teacher, other structures or another config is refused with ArtifactError, and a
 listed chunk whose bytes changed is refused with ArtifactError naming it; no
 existing file is modified in either case.
+
+Concurrent writers: several processes may label into one folder at once. Each
+claims a chunk (:class:`~mlff_calc.artifacts.FolderClaims`, ``.claims.json``
+under ``.lock``), computes it, and under the lock writes it and adds it to the
+manifest as read from disk, so no writer's chunks are lost and no chunk is
+labelled twice while its claimant lives. A writer with nothing left to claim
+waits for the chunks others hold. Readers see whole chunks only (atomic renames).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +36,7 @@ import numpy as np
 from ase import Atoms
 
 from .._version import __version__
-from ..artifacts import check_manifest, read_json, sha256_file, write_json, write_npz
+from ..artifacts import FolderClaims, check_manifest, read_json, sha256_file, write_json, write_npz
 from ..calculator import as_calculator
 from ..data.labels import LABELS_FORMAT, LABELS_VERSION, MANIFEST, UNITS, LabelRecord, LabelStore, check_label_manifest, chunk_name, records_of_chunk  # noqa: F401 (re-exported)
 from ..data.structures import pack_structures, structures_sha256
@@ -123,27 +131,53 @@ def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size:
         "config": config,
         "chunks": {},
     }
-    manifest = _resume_manifest(folder, fresh)
+    claims = FolderClaims(folder)
+    with claims.lock():
+        manifest = _resume_manifest(folder, fresh)
+        write_json(folder / MANIFEST, manifest)
     hessian_rows = _HessianRows(calc, hessian_method)
-    todo = [k for k in range(n_chunks) if chunk_name(k) not in manifest["chunks"]]
+    names = [chunk_name(k) for k in range(n_chunks)]
+    todo = [k for k in range(n_chunks) if names[k] not in manifest["chunks"]]
     if len(todo) < n_chunks:
         log.info("label store %s: %d of %d chunks already done, skipping them", folder, n_chunks - len(todo), n_chunks)
-    write_json(folder / MANIFEST, manifest)
     if executor is not None:
-        _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, manifest, progress)
+        _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, claims, manifest, progress)
         return LabelStore(folder)
-    with progress_bar(total=len(todo), desc="label: teacher", enabled=progress) as bar:
-        for k in todo:
-            idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, len(structures)))
-            arrays = _label_chunk([structures[i] for i in idx], idx, splits[idx], calc, hessian_rows, config)
-            write_npz(folder / chunk_name(k), **arrays)
-            manifest["chunks"][chunk_name(k)] = sha256_file(folder / chunk_name(k))
-            write_json(folder / MANIFEST, manifest)
-            bar.update(1)
+    try:
+        with progress_bar(total=len(todo), desc="label: teacher", enabled=progress) as bar:
+            while True:
+                with claims.lock():
+                    done = set(_chunks_on_disk(folder))
+                    got = claims.take(names, done, 1)
+                if not got:
+                    if len(done) == n_chunks:
+                        break
+                    time.sleep(0.2)  # the rest is claimed by live writers: wait for them (or for their claims to lapse)
+                    continue
+                k = names.index(got[0])
+                idx = np.arange(k * chunk_size, min((k + 1) * chunk_size, len(structures)))
+                arrays = _label_chunk([structures[i] for i in idx], idx, splits[idx], calc, hessian_rows, config)
+                _add_chunk(folder, claims, manifest, got[0], arrays)
+                bar.update(1)
+    finally:
+        claims.release()
     return LabelStore(folder)
 
 
-def _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, manifest, progress) -> None:
+def _chunks_on_disk(folder: Path) -> dict:
+    """The finished chunks the manifest on disk lists (under the folder's lock)."""
+    return read_json(folder / MANIFEST, kind="label store manifest")["chunks"]
+
+
+def _add_chunk(folder: Path, claims: FolderClaims, manifest: dict, name: str, arrays: dict) -> None:
+    """Under the lock: write chunk ``name`` and add it to the chunks other writers listed meanwhile."""
+    with claims.lock():
+        write_npz(folder / name, **arrays)
+        manifest["chunks"] = {**_chunks_on_disk(folder), name: sha256_file(folder / name)}
+        write_json(folder / MANIFEST, manifest)
+
+
+def _label_on_executor(executor, model, calc, identity, structures, splits, chunk_size, todo, config, folder, claims, manifest, progress) -> None:
     """Label the chunks ``todo`` on an executor's workers; write each as it arrives."""
     from ..errors import CalculationFailed
     from ..executors import Job, get_executor
@@ -169,9 +203,7 @@ def _label_on_executor(executor, model, calc, identity, structures, splits, chun
             if not outcome.ok:
                 failed.append(f"{outcome.key} (after {outcome.attempts} tries): {outcome.error.splitlines()[0]}")
                 return
-            write_npz(folder / outcome.key, **outcome.result)
-            manifest["chunks"][outcome.key] = sha256_file(folder / outcome.key)
-            write_json(folder / MANIFEST, manifest)
+            _add_chunk(folder, claims, manifest, outcome.key, outcome.result)
 
         ex.run(label_chunk, jobs, model, write, progress=progress, desc="label: teacher")
     finally:

@@ -27,17 +27,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
-import torch
 from ase import Atoms
 
 from ..artifacts import write_json
-from ..errors import ConfigurationError
-from .labels import LabelRecord, LabelStore
+from ..data.labels import LabelStore
 from ..data.error_log import ErrorLog
-from .loss import DistillationLoss, LossWeights, TrainItem, voigt_to_matrix
+from ..training.items import evaluate_items, fit_reference_energies, items_from_records, mean_neighbours, new_student, rms_force, split_records  # noqa: F401 (re-exported)
+from ..training.loss import DistillationLoss, LossWeights
 
 log = logging.getLogger(__name__)
 
@@ -55,55 +54,6 @@ class DistillResult:
     check_atoms: Atoms | None = None
     error_log: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
-
-
-def _items(records: Sequence[LabelRecord], dtype, device, *, offsets: bool) -> list[TrainItem]:
-    items, offset = [], 0
-    for r in records:
-        t = lambda x: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
-        items.append(TrainItem(index=r.index, atoms=r.atoms, energy=t(r.energy), forces=t(r.forces), stress=None if r.stress is None else t(voigt_to_matrix(r.stress)), hessian_rows=r.hessian_rows, hessian=t(r.hessian), atom_offset=offset if offsets else 0))
-        offset += len(r.atoms)
-    return items
-
-
-def fit_reference_energies(structures: Sequence[Atoms], energies: Sequence[float], elements: Sequence[int]) -> dict[int, float]:
-    """Per-element energies (eV/atom) by least squares of ``energies`` on the structures' compositions."""
-    counts = np.array([[np.sum(a.numbers == z) for z in elements] for a in structures], dtype=float)
-    e0, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=float), rcond=None)
-    return {int(z): float(e) for z, e in zip(elements, e0)}
-
-
-def rms_force(forces: Sequence[np.ndarray]) -> float:
-    """Root mean square of every force component (eV/Å): a natural scale for a model's output."""
-    return float(np.sqrt(np.mean(np.concatenate([np.asarray(f).reshape(-1) for f in forces]) ** 2)))
-
-
-def mean_neighbours(records: Sequence[LabelRecord], r_max: float) -> float:
-    from ..neighbors import neighbor_list
-
-    n_pairs = sum(len(neighbor_list(r.atoms, r_max)[0]) for r in records)
-    return n_pairs / max(sum(len(r.atoms) for r in records), 1)
-
-
-def evaluate_items(adapter, items: Sequence[TrainItem], batch_size: int = 8) -> dict[str, float]:
-    """Energy/force/stress errors of ``adapter`` against the teacher labels of ``items``."""
-    if not items:
-        return {}
-    e_err, f_err, f_norm, s_err = [], [], [], []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        stress = all(it.stress is not None for it in chunk)
-        out = adapter.compute([it.atoms for it in chunk], forces=True, stress=stress, min_distance=None)
-        e_err.append(((out["energy"] - torch.stack([it.energy for it in chunk])).abs() / out["n_atoms"]).double().cpu().numpy())
-        diff = out["forces"] - torch.cat([it.forces for it in chunk])
-        f_err.append(diff.abs().reshape(-1).double().cpu().numpy())
-        f_norm.append(torch.linalg.vector_norm(diff, dim=-1).double().cpu().numpy())
-        if stress:
-            s_err.append((out["stress"] - torch.stack([it.stress for it in chunk])).abs().reshape(-1).double().cpu().numpy())
-    metrics = {"energy_mae_per_atom": float(np.mean(np.concatenate(e_err))), "force_mae": float(np.mean(np.concatenate(f_err))), "force_l2mae": float(np.mean(np.concatenate(f_norm))), "force_rmse": float(np.sqrt(np.mean(np.concatenate(f_err) ** 2)))}
-    if s_err:
-        metrics["stress_mae"] = float(np.mean(np.concatenate(s_err)))
-    return metrics
 
 
 def _kd_schedule(schedule) -> Callable | None:
@@ -124,32 +74,6 @@ def _kd_schedule(schedule) -> Callable | None:
     return halve_once
 
 
-def split_records(store: LabelStore, *, need_hessian: bool) -> tuple[list[LabelRecord], list[LabelRecord], list[LabelRecord]]:
-    """``(train, valid, test)`` records of a complete store; valid falls back to train when empty."""
-    records = store.records()
-    train, valid, test = ([r for r in records if r.split == s] for s in ("train", "valid", "test"))
-    if not train:
-        raise ConfigurationError(f"label store {store.folder} has no 'train' structures")
-    if not valid:
-        log.warning("label store %s has no 'valid' structures; early stopping watches the training set", store.folder)
-        valid = train
-    if need_hessian and not any(len(r.hessian_rows) for r in train):
-        raise ConfigurationError(f"lambda_kd > 0 but the label store {store.folder} holds no Hessian rows for training structures; label with n_rows > 0 or pass lambda_kd=0")
-    return train, valid, test
-
-
-def new_student(train: Sequence[LabelRecord], elements: Sequence[int], *, architecture: Mapping | None, dtype, device, seed: int):
-    """A fresh student with E0s fitted to the teacher energies, scale = RMS teacher force and
-    ``avg_num_neighbors`` measured on the training structures."""
-    from ..models.student import DEFAULT_ARCHITECTURE, StudentAdapter
-
-    arch = dict(architecture or {})
-    r_max = float(arch.get("r_max", DEFAULT_ARCHITECTURE["r_max"]))
-    e0 = fit_reference_energies([r.atoms for r in train], [r.energy for r in train], elements)
-    scale = max(rms_force([r.forces for r in train]), 1e-3)
-    return StudentAdapter.create(elements, device=device, dtype=dtype, architecture=arch, atomic_energies=e0, avg_num_neighbors=mean_neighbours(train, r_max), scale=scale, shift=0.0, seed=seed)
-
-
 def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "float32", device: str = "cpu", epochs: int = 30, batch_size: int = 4, lr: float = 5e-3, weight_decay: float = 0.0, schedule: str = "cosine", ema_decay: float | None = 0.99, patience: int = 15, lambda_energy: float = 5.0, lambda_forces: float = 100.0, lambda_kd: float = 400.0, lambda_stress: float = 0.0, rows_per_structure: int = 4, row_method: str = "vjp", fd_step_A: float = 1e-4, kd_schedule=None, seed: int = 0, out_dir=None, progress: bool | None = None) -> DistillResult:
     """Train a student on the label store ``labels`` (a folder or :class:`LabelStore`).
 
@@ -160,7 +84,7 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     the student, ``error_log.npz`` and ``train-history.json`` are written there.
     """
     from ..models.student import save_student
-    from ..training import Trainer, TrainerConfig, shuffled_batches
+    from ..training.trainer import Trainer, TrainerConfig, shuffled_batches
 
     config = {k: v for k, v in locals().items() if k not in ("labels", "out_dir", "progress", "architecture", "kd_schedule") and not callable(v)}  # the arguments, not the imports
     started = time.perf_counter()
@@ -168,9 +92,9 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     train_rec, valid_rec, test_rec = split_records(store, need_hessian=lambda_kd > 0 and rows_per_structure > 0)
     elements = sorted({int(z) for r in (*train_rec, *valid_rec, *test_rec) for z in r.atoms.numbers})
     student = new_student(train_rec, elements, architecture=architecture, dtype=dtype, device=device, seed=seed)
-    train_items = _items(train_rec, student.dtype, student.device, offsets=True)
-    valid_items = _items(valid_rec, student.dtype, student.device, offsets=False)
-    test_items = _items(test_rec, student.dtype, student.device, offsets=False)
+    train_items = items_from_records(train_rec, student.dtype, student.device, offsets=True)
+    valid_items = items_from_records(valid_rec, student.dtype, student.device, offsets=False)
+    test_items = items_from_records(test_rec, student.dtype, student.device, offsets=False)
     loss_fn = DistillationLoss(LossWeights(energy=lambda_energy, forces=lambda_forces, kd=lambda_kd, stress=lambda_stress), rows_per_structure=rows_per_structure, row_method=row_method, fd_step_A=fd_step_A, seed=seed)
     schedule_fn = _kd_schedule(kd_schedule)
     error_log = ErrorLog(train_items)
@@ -203,6 +127,7 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     result = DistillResult(adapter=student, history=history.rows, metrics=metrics, teacher=store.teacher, training_data_sha256=store.content_sha256(), config=config, check_atoms=train_rec[0].atoms.copy(), error_log=error_log.arrays(), wall_time_s=time.perf_counter() - started)
     if out_dir is not None:
         save_student(result, out_dir)
+        error_log.write(out_dir / "error_log.npz", model=student)  # bound to the final weights
         write_json(out_dir / "train-history.json", {"history": history.rows, "metrics": metrics, "config": config})
     log.info("student trained in %.1f s: valid %s, test %s", result.wall_time_s, metrics["valid"], metrics["test"])
     return result

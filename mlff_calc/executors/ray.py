@@ -39,10 +39,10 @@ _ENV = ("HF_HUB_OFFLINE", "MLFF_CALC_MODEL_DIR", "MLFF_CALC_SHARED", "TORCH_FORC
 
 
 def _ray():
-    try:
+    from .._runtime import backend
+
+    with backend("ray", "the ray executor"):
         import ray
-    except ImportError as exc:
-        raise ConfigurationError("the ray executor needs Ray: pip install 'mlff_calc[ray]'") from exc
     return ray
 
 

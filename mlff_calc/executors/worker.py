@@ -22,26 +22,23 @@ from ..errors import ConfigurationError
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """How to load a calculator anywhere: ``mlff_calc.load(model, device, dtype)`` plus softening layer files.
+    """How to load a calculator anywhere: ``mlff_calc.load(model, device, dtype)`` plus its layers.
 
+    ``layers``: picklable zero-argument factories, one per layer, called in each
+    worker, e.g. ``functools.partial(SofteningLayer.from_file, "fit.json")``.
     ``compile``: compile a distilled student (:meth:`StudentAdapter.compile`) once per worker.
     """
 
     model: str
     device: str = "auto"
     dtype: str | None = None
-    softening: tuple[str, ...] = field(default_factory=tuple)
+    layers: tuple[Callable, ...] = field(default_factory=tuple)
     compile: bool = False
 
     def load(self):
-        import mlff_calc
+        from ..calculator import load
 
-        layers = []
-        if self.softening:
-            from ..softening.layer import SofteningLayer
-
-            layers = [SofteningLayer.from_file(Path(p)) for p in self.softening]
-        calc = mlff_calc.load(self.model, device=self.device, dtype=self.dtype, layers=layers)
+        calc = load(self.model, device=self.device, dtype=self.dtype, layers=[make() for make in self.layers])
         if self.compile:
             from ..models.registry import compile_student
 
@@ -55,7 +52,7 @@ class ModelRecipe:
         if getattr(calc, "layers", None):
             raise ConfigurationError(
                 f"a calculator with layers {[type(layer).__name__ for layer in calc.layers]} cannot be rebuilt on remote workers; "
-                "pass a ModelRecipe(model, device, dtype, softening=(fit.json,)) instead"
+                "pass a ModelRecipe(model, device, dtype, layers=(functools.partial(SofteningLayer.from_file, 'fit.json'),)) instead"
             )
         source = adapter.source
         model = source if source and Path(source).exists() else adapter.model_id

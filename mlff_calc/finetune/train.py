@@ -34,16 +34,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from ase import Atoms
-from ase.units import GPa
 
 from ..errors import ConfigurationError
 from ..models.finetuned import FORMAT, FORMAT_VERSION, MANIFEST, UNITS, WEIGHTS, _atoms_dict, _mark, save_finetuned  # noqa: F401 (re-exported)
 from ..models.identity import weights_sha256
+from ..training.items import evaluate_items, items_from_dft
+from ..training.loss import FinetuneLoss
 
 log = logging.getLogger(__name__)
 
@@ -109,88 +108,16 @@ class _EvalModule(torch.nn.Module):
         return self
 
 
-# --------------------------------------------------------------------------- loss
-
-
-@dataclass
-class _Item:
-    index: int
-    atoms: Atoms
-    forces: torch.Tensor
-    energy: torch.Tensor | None
-    stress: torch.Tensor | None  # 3x3, GPa
-    atom_offset: int = 0
-
-
-def _voigt_to_matrix(v) -> np.ndarray:
-    xx, yy, zz, yz, xz, xy = np.asarray(v, float).reshape(6)
-    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-
-
-def _items(dataset, adapter) -> list[_Item]:
-    items, offset = [], 0
-    t = lambda x: torch.as_tensor(np.asarray(x, float), dtype=adapter.dtype, device=adapter.device)  # noqa: E731
-    for k, s in enumerate(dataset.structures):
-        stress = None if s.stress is None else t(_voigt_to_matrix(s.stress) / GPa)
-        items.append(_Item(k, s.atoms, t(s.forces), None if s.energy is None else t(s.energy), stress, offset))
-        offset += len(s.atoms)
-    return items
-
-
-class FinetuneLoss:
-    """``loss(adapter, items, train) -> (loss, parts, per-atom force-error norms)``; see the module docstring."""
-
-    def __init__(self, energy_weight=0.1, force_weight=100.0, stress_weight=0.1):
-        for name, w in (("energy_weight", energy_weight), ("force_weight", force_weight), ("stress_weight", stress_weight)):
-            if not (isinstance(w, (int, float)) and np.isfinite(w) and w >= 0):
-                raise ConfigurationError(f"{name} must be a finite number >= 0, not {w!r}")
-        if not (energy_weight or force_weight or stress_weight):
-            raise ConfigurationError("all fine-tuning loss weights are zero")
-        self.w_e, self.w_f, self.w_s = float(energy_weight), float(force_weight), float(stress_weight)
-
-    def __call__(self, adapter, items: Sequence[_Item], *, train: bool = True):
-        want_stress = self.w_s > 0 and any(it.stress is not None for it in items)
-        out = adapter.compute([it.atoms for it in items], forces=True, stress=want_stress, create_graph=train, min_distance=None)
-        ref_f = torch.cat([it.forces for it in items])
-        diff = out["forces"] - ref_f
-        err = torch.linalg.vector_norm(diff, dim=-1)
-        l_f = (diff**2).mean()
-        loss = self.w_f * l_f
-        parts = {"force_mse": float(l_f.detach()), "force_mae": float(diff.abs().mean().detach())}
-        with_e = [k for k, it in enumerate(items) if it.energy is not None]
-        if self.w_e > 0 and with_e:
-            idx = torch.tensor(with_e, device=adapter.device)
-            e_pred = out["energy"][idx] / out["n_atoms"][idx].to(adapter.dtype)
-            e_ref = torch.stack([items[k].energy for k in with_e]) / out["n_atoms"][idx].to(adapter.dtype)
-            l_e = ((e_pred - e_ref) ** 2).mean()
-            loss = loss + self.w_e * l_e
-            parts["energy_mse_per_atom"] = float(l_e.detach())
-        if want_stress:
-            with_s = [k for k, it in enumerate(items) if it.stress is not None]
-            pred = out["stress"][torch.tensor(with_s, device=adapter.device)] / GPa
-            l_s = ((pred - torch.stack([items[k].stress for k in with_s])) ** 2).mean()
-            loss = loss + self.w_s * l_s
-            parts["stress_mse_gpa"] = float(l_s.detach())
-        parts["loss"] = float(loss.detach())
-        return loss, parts, err.detach()
-
-
 def evaluate_dataset(adapter, dataset, loss: FinetuneLoss | None = None, batch_size: int = 4) -> dict[str, float]:
     """Weighted loss and force MAE / RMSE (eV/Å) of ``adapter`` on ``dataset`` (no gradients kept)."""
     loss = loss or FinetuneLoss(**PAPER_WEIGHTS)
-    items = _items(dataset, adapter)
-    total, n, abs_err, sq_err, n_comp = 0.0, 0, 0.0, 0.0, 0
+    items = items_from_dft(dataset, adapter)
+    total = 0.0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        value, parts, _ = loss(adapter, chunk, train=False)
-        total += parts["loss"] * len(chunk)
-        n += len(chunk)
-        out = adapter.compute([it.atoms for it in chunk], forces=True, min_distance=None)
-        diff = (out["forces"] - torch.cat([it.forces for it in chunk])).double()
-        abs_err += float(diff.abs().sum())
-        sq_err += float((diff**2).sum())
-        n_comp += diff.numel()
-    return {"loss": total / n, "force_mae": abs_err / n_comp, "force_rmse": (sq_err / n_comp) ** 0.5}
+        total += loss(adapter, chunk, train=False)[1]["loss"] * len(chunk)
+    metrics = evaluate_items(adapter, items, batch_size=batch_size)
+    return {"loss": total / len(items), "force_mae": metrics["force_mae"], "force_rmse": metrics["force_rmse"]}
 
 
 # --------------------------------------------------------------------------- training
@@ -240,7 +167,7 @@ def finetune(
     ``error_log.npz`` (rewritten every epoch).
     """
     from ..data.error_log import ErrorLog
-    from ..training import Trainer, TrainerConfig, only_trainable, shuffled_batches
+    from ..training.trainer import Trainer, TrainerConfig, only_trainable, shuffled_batches
 
     if getattr(adapter, "finetune_info", None) is not None:
         raise ConfigurationError(f"{adapter.model_id} is already fine-tuned; fine-tune its base model instead (pass both datasets)")
@@ -262,7 +189,7 @@ def finetune(
     }
     groups, params = resolve_trainable(adapter, trainable)
     loss_fn = FinetuneLoss(energy_weight, force_weight, stress_weight)
-    train_items = _items(train, adapter)
+    train_items = items_from_dft(train, adapter)
     error_log = ErrorLog(train_items)
     before = {"train": evaluate_dataset(adapter, train, loss_fn), "valid": evaluate_dataset(adapter, valid, loss_fn)}
     config = {
@@ -309,6 +236,7 @@ def finetune(
     log.info("fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å", base["model_id"], groups, len(train), metrics["train_time_s"], before["train"]["force_mae"], after["train"]["force_mae"], before["valid"]["force_mae"], after["valid"]["force_mae"])
     if out_dir is not None:
         save_finetuned(result, out_dir)
+        error_log.write(out_dir / ERROR_LOG, model=adapter)  # bound to the final weights
     return result
 
 

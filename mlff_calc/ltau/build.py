@@ -10,6 +10,7 @@ import numpy as np
 
 from .._runtime import progress_bar
 from ..artifacts import read_npz, sha256_file
+from ..data.error_log import check_binding
 from ..errors import ArtifactError, ConfigurationError
 from .distributions import error_distributions
 from .estimator import LTAU, Calibration, calibrate, descriptor_spec
@@ -116,6 +117,7 @@ def build_ltau(adapter, training_structures, error_log_path, out_dir=None, *, n_
     sizes = {s: len(a) for s, a in zip(order, structures)}
     if any(a >= sizes[s] for s, a in zip(sidx.tolist(), aidx.tolist())):
         raise ConfigurationError(f"error log {error_log_path} names atoms beyond the sizes of training_structures: the log belongs to other structures")
+    check_binding(log_arrays, error_log_path, adapter=adapter, structures=structures)
     desc_s, _ = compute_descriptors(adapter, structures, batch_size=batch_size)
     offsets = dict(zip(order, np.cumsum([0] + [len(a) for a in structures[:-1]])))
     rows = np.array([offsets[s] for s in sidx], dtype=np.int64) + aidx

@@ -28,10 +28,10 @@ HNSW_EF_CONSTRUCTION = 200
 
 
 def _faiss():
-    try:
+    from .._runtime import backend
+
+    with backend("ltau", "an LTAU index"):
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise ConfigurationError("LTAU needs the 'faiss-cpu' package") from exc
     return faiss
 
 

@@ -12,9 +12,9 @@ training atoms in the LTAU index (:mod:`mlff_calc.ltau`) and adds, per atom:
 
 and per structure ``<name>_max`` and ``<name>_mean`` of each (for the interval:
 of its upper bound, ``forces_error_interval_max``/``_mean``), plus
-``forces_error_probability_below_tol_min``. With ``annotate=True`` (default) the
-same values are copied into ``atoms.arrays`` (per atom) and ``atoms.info`` (per
-structure) of the evaluated Atoms, so ``ase.io.write(..., format="extxyz")``
+``forces_error_probability_below_tol_min``. With ``annotate=True`` (off by
+default: the caller's Atoms are left alone) the same values are copied into
+``atoms.arrays`` (per atom) and ``atoms.info`` (per structure) of the evaluated Atoms, so ``ase.io.write(..., format="extxyz")``
 keeps them (extxyz writes 8 decimals). In ``calc.evaluate(atoms_list)`` those are your Atoms; with
 ``atoms.calc = calc`` ASE evaluates a copy (``calc.atoms``), so use
 ``mlff_calc.workflows.snapshot(atoms)`` or :func:`annotate` with ``calc.results``.
@@ -43,6 +43,7 @@ with the forces as usual.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,14 +77,14 @@ def annotate(atoms, results: dict) -> None:
 class LTAULayer(Layer):
     """Per-atom force uncertainty from an LTAU folder (see the module docstring).
 
-    ``k``/``scale`` override the calibrated values; ``annotate=False`` leaves the
-    Atoms alone (results only).
+    ``k``/``scale`` override the calibrated values; ``annotate=True`` also writes
+    the results into the evaluated Atoms (default: results only).
     """
 
     name = "ltau"
     provides = PER_ATOM + PER_STRUCTURE
 
-    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = True, overlap: bool = True, on_demand: bool = False):
+    def __init__(self, ltau: LTAU, *, tolerance_eV_per_A: float = 0.05, k: int | None = None, scale: float | None = None, annotate: bool = False, overlap: bool = True, on_demand: bool = False):
         if not (isinstance(tolerance_eV_per_A, (int, float, np.floating)) and np.isfinite(tolerance_eV_per_A) and tolerance_eV_per_A > 0):
             raise ConfigurationError(f"tolerance_eV_per_A must be a finite number > 0, not {tolerance_eV_per_A!r}")
         if k is not None and int(k) < 1:
@@ -101,13 +102,23 @@ class LTAULayer(Layer):
         self._deferred = None  # (positions, cell, numbers, descriptors) of the last deferred single structure
         self._bound = None
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-    def __getstate__(self):  # a thread pool does not pickle; the copy makes its own
-        return {**self.__dict__, "_pool": None}
+    def __getstate__(self):  # a thread pool and a lock do not pickle; the copy makes its own
+        return {k: v for k, v in self.__dict__.items() if k != "_pool_lock"} | {"_pool": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, path, tolerance_eV_per_A: float = 0.05, **kwargs) -> "LTAULayer":
         return cls(LTAU.load(Path(path)), tolerance_eV_per_A=tolerance_eV_per_A, **kwargs)
+
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "LTAULayer":
+        """The layer of ``--ltau INDEX_DIR``; ``md`` looks uncertainties up on demand (for the frames it writes, not every step)."""
+        return cls.from_dir(value, on_demand=verb == "md")
 
     def bind(self, adapter) -> None:
         if "descriptors" not in adapter.implemented_properties:
@@ -120,18 +131,21 @@ class LTAULayer(Layer):
         self._bound = adapter.model_id
 
     def before(self, atoms_list, request: Request) -> Request:
-        # descriptors asked for by this layer only are dropped from the results again
-        self._keep_descriptors = "descriptors" in request.properties
-        self._wanted = not self.on_demand or bool(request.properties & set(self.provides))
         request.properties.add("descriptors")
-        if self.overlap and self._wanted:
-            request.on_descriptors[self.name] = self._start
         return request
+
+    def _wanted(self, request: Request) -> bool:
+        """Whether this call computes the uncertainties (on demand: only when the caller asked for one)."""
+        return not self.on_demand or bool(request.requested & set(self.provides))
+
+    def descriptor_hook(self, request: Request):
+        return self._start if self.overlap and self._wanted(request) else None
 
     def _start(self, desc, numbers, n_atoms):
         """Called by the adapter between forward and backward pass: start the lookup on this layer's thread."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltau", initializer=_one_faiss_thread)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltau", initializer=_one_faiss_thread)
         return self._pool.submit(self._predict, desc, numbers, n_atoms)
 
     def _predict(self, desc, numbers, n_atoms) -> tuple:
@@ -141,16 +155,17 @@ class LTAULayer(Layer):
         pred = self.ltau.predict(desc, numbers, tolerance=self.tolerance, k=self.k, scale=self.scale)
         return pred, np.cumsum([0, *n_atoms])
 
-    def after(self, atoms_list, results: list[dict]) -> list[dict]:
-        self._deferred = None
-        if getattr(self, "_wanted", True):
-            out = [self._one(atoms, res) for atoms, res in zip(atoms_list, results)]
+    def after(self, atoms_list, results: list[dict], request: Request) -> list[dict]:
+        deferred = None
+        if self._wanted(request):
+            out = [self._one(atoms, res, request.descriptor_job(self, i)) for i, (atoms, res) in enumerate(zip(atoms_list, results))]
         else:  # on demand: keep what the lookup needs (single structures: the ASE calculator's case)
             out = [dict(res) for res in results]
             if len(atoms_list) == 1 and out[0].get("descriptors") is not None:
                 a = atoms_list[0]
-                self._deferred = (a.positions.copy(), a.cell.array.copy(), a.numbers.copy(), np.array(out[0]["descriptors"], dtype=np.float32))
-        if not getattr(self, "_keep_descriptors", True):
+                deferred = (a.positions.copy(), a.cell.array.copy(), a.numbers.copy(), np.array(out[0]["descriptors"], dtype=np.float32))
+        self._deferred = deferred  # one assignment: complete() sees a whole tuple or None
+        if "descriptors" not in request.requested:  # asked for by this layer only: dropped again
             for res in out:
                 res.pop("descriptors", None)
         return out
@@ -163,11 +178,11 @@ class LTAULayer(Layer):
         self._fill(atoms, result, pred, slice(None))
         return True
 
-    def _one(self, atoms, res: dict) -> dict:
+    def _one(self, atoms, res: dict, job) -> dict:
         res = dict(res)
-        jobs, b = res.get("descriptor_jobs", ({}, 0))
-        if self.name in jobs:
-            pred, bounds = jobs[self.name].result()
+        if job is not None:
+            future, b = job
+            pred, bounds = future.result()
             rows = slice(bounds[b], bounds[b + 1])
         else:
             desc = res.get("descriptors")

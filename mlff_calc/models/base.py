@@ -22,7 +22,7 @@ import torch
 from ase import Atoms
 
 from ..checks import MIN_DISTANCE, check_atoms, check_graph_size
-from ..errors import CalculationFailed, ConfigurationError, InvalidStructureError
+from ..errors import CalculationFailed, ConfigurationError, StressNotDefined
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Forward:
     volumes: torch.Tensor
     node_energy: torch.Tensor | None = None
     descriptors: torch.Tensor | None = None
+    #: per-atom magnetic moments (μB), for a family that predicts them (CHGNet)
+    magmoms: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -79,6 +81,10 @@ class ModelAdapter(abc.ABC):
     supported_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
     #: whether the backend's energy supports double backward (Hessian by autograd)
     double_backward: bool = True
+    #: neighbour search: ``"auto"`` (vesin on CUDA, matscipy on CPU), ``"vesin"`` or ``"matscipy"``
+    neighbor_backend: str = "auto"
+    #: first guess of a batched pass's device memory per graph edge (re-measured on CUDA)
+    bytes_per_edge: float = 16384.0
 
     def __init__(self, module: torch.nn.Module, *, model_id: str, device, dtype, cutoff: float, elements, source: str | None = None, sha256: str | None = None):
         self._device = resolve_device(device)
@@ -91,6 +97,18 @@ class ModelAdapter(abc.ABC):
         self.sha256 = sha256
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
+
+    # pickling and deep copies ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but the per-thread scratch space and the worker pool (rebuilt empty on unpickle)."""
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        state["_pool"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     @property
     def _captured(self) -> dict:
@@ -130,7 +148,7 @@ class ModelAdapter(abc.ABC):
     def check(self, atoms: Atoms, *, stress: bool = False, min_distance: float | None = MIN_DISTANCE) -> None:
         check_atoms(atoms, self.elements, self.model_id, min_distance=min_distance)
         if stress and not atoms.pbc.all():
-            raise InvalidStructureError(
+            raise StressNotDefined(
                 f"stress is defined only for cells periodic in all three directions; this one has pbc={atoms.pbc.tolist()}"
             )
 
@@ -144,14 +162,17 @@ class ModelAdapter(abc.ABC):
             )
         return float(cutoff)
 
-    def compute(self, atoms_list: Sequence[Atoms], *, forces: bool = True, stress: bool = False, descriptors: bool = False, cutoff: float | None = None, create_graph: bool = False, min_distance: float | None = MIN_DISTANCE) -> dict[str, torch.Tensor]:
+    def compute(self, atoms_list: Sequence[Atoms], *, forces: bool = True, stress: bool = False, descriptors: bool = False, cutoff: float | None = None, create_graph: bool = False, min_distance: float | None = MIN_DISTANCE, node_weights: dict | None = None) -> dict[str, torch.Tensor]:
         """Batched evaluation returning torch tensors (differentiable with ``create_graph``).
 
         Keys: ``energy`` [B], ``forces`` [N, 3], ``stress`` [B, 3, 3], ``energies`` [N],
         ``descriptors`` [N, d], ``n_atoms`` [B] (long).
+
+        ``node_weights`` ``{Z: w}``: forces and stress are the gradients of
+        ``E + Σ_i (w_Z_i - 1) E_i`` (per-atom energies ``E_i``; elements not named keep w = 1).
         """
         rc = self._validate(atoms_list, stress=stress, cutoff=cutoff, min_distance=min_distance)
-        return self._run(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph)
+        return self._run(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, node_weights=node_weights)
 
     def _validate(self, atoms_list, *, stress: bool, cutoff: float | None, min_distance: float | None) -> float:
         """Check every structure and the cutoff before any work; return the cutoff to use."""
@@ -164,11 +185,12 @@ class ModelAdapter(abc.ABC):
             check_graph_size(atoms, rc, self.model_id)
         return rc
 
-    def _run(self, atoms_list, rc: float, *, forces: bool, stress: bool, descriptors: bool, create_graph: bool, on_descriptors=None) -> dict:
+    def _run(self, atoms_list, rc: float, *, forces: bool, stress: bool, descriptors: bool, create_graph: bool, on_descriptors=None, node_weights=None) -> dict:
         """One forward pass over validated structures; memory exhaustion becomes CalculationFailed."""
         need_grad = forces or stress or create_graph
         try:
-            out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors)
+            kw = {"node_weights": node_weights} if node_weights else {}
+            out = self._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors, **kw)
         except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
                 raise
@@ -180,7 +202,7 @@ class ModelAdapter(abc.ABC):
         self._check_finite(out, atoms_list)
         return out
 
-    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None) -> dict:
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None, node_weights=None) -> dict:
         with torch.enable_grad() if need_grad else torch.no_grad():
             fwd = self._forward(atoms_list, rc, stress=stress, descriptors=descriptors)
             out = {"energy": fwd.energy, "n_atoms": torch.tensor([len(a) for a in atoms_list], device=self.device)}
@@ -189,7 +211,8 @@ class ModelAdapter(abc.ABC):
                 out["descriptor_jobs"] = hand_descriptors(on_descriptors, fwd.descriptors, atoms_list)
             if need_grad and (forces or stress):
                 inputs = list(fwd.positions) + (list(fwd.strains) if stress else [])
-                grads = torch.autograd.grad(fwd.energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+                target = fwd.energy.sum() + (_weighted_excess(fwd, atoms_list, node_weights) if node_weights else 0.0)
+                grads = torch.autograd.grad(target, inputs, create_graph=create_graph, allow_unused=True)
                 grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
                 n_pos = len(fwd.positions)
                 out["forces"] = -torch.cat(grads[:n_pos], dim=0)
@@ -198,6 +221,8 @@ class ModelAdapter(abc.ABC):
                 out["_positions"] = fwd.positions
         if fwd.node_energy is not None:
             out["energies"] = fwd.node_energy
+        if fwd.magmoms is not None:
+            out["magmoms"] = fwd.magmoms
         if descriptors and fwd.descriptors is not None:
             out["descriptors"] = fwd.descriptors
         if not create_graph:
@@ -211,12 +236,13 @@ class ModelAdapter(abc.ABC):
                 formulas = ", ".join(a.get_chemical_formula() for a in atoms_list[:3])
                 raise CalculationFailed(f"{self.model_id} returned non-finite {key} for {formulas}")
 
-    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None, on_descriptors=None) -> list[dict[str, np.ndarray]]:
+    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None, on_descriptors=None, node_weights: dict | None = None) -> list[dict[str, np.ndarray]]:
         """Evaluate many structures; one dict of float64 numpy arrays per structure.
 
         Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
 
-        On a GPU the structures go through one batched forward pass. On a CPU a
+        On a GPU the structures go through one batched forward pass per chunk
+        (:mod:`.batching`: sized from a memory estimate, halved on out-of-memory). On a CPU a
         big batch is memory-bound (measured: slower per structure than single
         calls), so the structures are instead spread over ``workers`` threads
         (default: torch's intra-op thread count), each running single-structure
@@ -227,14 +253,16 @@ class ModelAdapter(abc.ABC):
         exist and before the backward pass for forces and stress; its return value
         (e.g. a Future of work done on another thread) is handed back in each
         structure's result as ``descriptor_jobs`` ``(value, index of the structure
-        in that pass)``.
+        in that pass)``. ``node_weights``: as in :meth:`compute`.
         """
         props = set(properties)
-        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, create_graph=False, on_descriptors=on_descriptors)
+        kwargs = dict(forces="forces" in props, stress="stress" in props, descriptors="descriptors" in props, create_graph=False, on_descriptors=on_descriptors, node_weights=node_weights)
         rc = self._validate(atoms_list, stress=kwargs["stress"], cutoff=cutoff, min_distance=min_distance)  # before any work
         workers = torch.get_num_threads() if workers is None else workers
         if self.device.type != "cpu" or workers <= 1 or len(atoms_list) <= 1:
-            return split_results(self._run(atoms_list, rc, **kwargs), [len(a) for a in atoms_list])
+            from .batching import evaluate_in_chunks
+
+            return evaluate_in_chunks(self, atoms_list, rc, lambda chunk: split_results(self._run(chunk, rc, **kwargs), [len(a) for a in chunk]))
         pool = self._cpu_pool(workers)
         futures = [pool.submit(self._run, [atoms], rc, **kwargs) for atoms in atoms_list]
         return [split_results(f.result(), [len(a)])[0] for f, a in zip(futures, atoms_list)]
@@ -248,13 +276,13 @@ class ModelAdapter(abc.ABC):
         return self._pool
 
     # Hessian ------------------------------------------------------------------
-    def hessian(self, atoms: Atoms, rows: Sequence[int] | None = None, *, method: str = "auto", delta: float = 1e-3, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE) -> np.ndarray:
+    def hessian(self, atoms: Atoms, rows: Sequence[int] | None = None, *, method: str = "auto", delta: float = 1e-3, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, node_weights: dict | None = None) -> np.ndarray:
         """Rows of the energy Hessian d²E/dx_i dx_j in eV/Å², shape ``[len(rows), 3N]``.
 
         Sign convention: forces are -∇E, so the force Jacobian dF/dx is -H.
         ``method`` is ``"autograd"`` (double backward), ``"fd"`` (central differences
         of forces with step ``delta`` Å, all displaced copies in one batch) or
-        ``"auto"`` (autograd when the backend supports it).
+        ``"auto"`` (autograd when the backend supports it). ``node_weights``: as in :meth:`compute`.
         """
         n3 = 3 * len(atoms)
         rows = np.arange(n3) if rows is None else np.asarray(rows, dtype=int)
@@ -263,13 +291,13 @@ class ModelAdapter(abc.ABC):
         if method == "auto":
             method = "autograd" if self.double_backward else "fd"
         if method == "autograd":
-            return self._hessian_autograd(atoms, rows, cutoff, min_distance)
+            return self._hessian_autograd(atoms, rows, cutoff, min_distance, node_weights)
         if method == "fd":
-            return self._hessian_fd(atoms, rows, delta, cutoff, min_distance)
+            return self._hessian_fd(atoms, rows, delta, cutoff, min_distance, node_weights)
         raise ConfigurationError(f"unknown Hessian method {method!r}; use 'auto', 'autograd' or 'fd'")
 
-    def _hessian_autograd(self, atoms, rows, cutoff, min_distance) -> np.ndarray:
-        out = self.compute([atoms], forces=True, create_graph=True, cutoff=cutoff, min_distance=min_distance)
+    def _hessian_autograd(self, atoms, rows, cutoff, min_distance, node_weights=None) -> np.ndarray:
+        out = self.compute([atoms], forces=True, create_graph=True, cutoff=cutoff, min_distance=min_distance, node_weights=node_weights)
         flat = out["forces"].reshape(-1)
         positions = out["_positions"]
         result = np.empty((len(rows), flat.numel()))
@@ -279,7 +307,7 @@ class ModelAdapter(abc.ABC):
             result[k] = -torch.cat(grads).reshape(-1).detach().cpu().double().numpy()
         return result
 
-    def _hessian_fd(self, atoms, rows, delta, cutoff, min_distance) -> np.ndarray:
+    def _hessian_fd(self, atoms, rows, delta, cutoff, min_distance, node_weights=None) -> np.ndarray:
         displaced = []
         for row in rows:
             for sign in (1.0, -1.0):
@@ -290,7 +318,7 @@ class ModelAdapter(abc.ABC):
         chunk = max(2, 2 * (4096 // max(len(atoms), 1)))
         forces = []
         for start in range(0, len(displaced), chunk):
-            batch = self.evaluate(displaced[start : start + chunk], ("energy", "forces"), cutoff=cutoff, min_distance=min_distance)
+            batch = self.evaluate(displaced[start : start + chunk], ("energy", "forces"), cutoff=cutoff, min_distance=min_distance, node_weights=node_weights)
             forces.extend(r["forces"].reshape(-1) for r in batch)
         for k in range(len(rows)):
             result[k] = -(forces[2 * k] - forces[2 * k + 1]) / (2.0 * delta)
@@ -301,6 +329,15 @@ def hand_descriptors(on_descriptors, descriptors: torch.Tensor, atoms_list):
     """``on_descriptors(descriptors as float32 numpy, atomic numbers, atoms per structure)``: the layer hook's call."""
     desc = np.array(descriptors.detach().cpu(), dtype=np.float32)
     return on_descriptors(desc, np.concatenate([a.numbers for a in atoms_list]), [len(a) for a in atoms_list])
+
+
+def _weighted_excess(fwd: Forward, atoms_list, node_weights: dict) -> torch.Tensor:
+    """``Σ_i (w_Z_i - 1) E_i`` over the batch: the per-element reweighting of :meth:`ModelAdapter.compute`."""
+    if fwd.node_energy is None:
+        raise ConfigurationError("per-element weights need per-atom energies, which this model does not give")
+    numbers = np.concatenate([a.numbers for a in atoms_list])
+    excess = np.array([float(node_weights.get(int(z), 1.0)) - 1.0 for z in numbers])
+    return (torch.as_tensor(excess, dtype=fwd.node_energy.dtype, device=fwd.node_energy.device) * fwd.node_energy.reshape(-1)).sum()
 
 
 def stress_from_strain_gradient(d_energy_d_strain: torch.Tensor, volumes: torch.Tensor) -> torch.Tensor:
@@ -328,7 +365,7 @@ def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[
             res["descriptor_jobs"] = (out["descriptor_jobs"], b)
         res["energy"] = float(energy[b])
         res["free_energy"] = float(energy[b])
-        for key in ("forces", "energies", "descriptors"):
+        for key in ("forces", "energies", "descriptors", "magmoms"):
             if key in out:
                 res[key] = np64(out[key][bounds[b] : bounds[b + 1]])
         if "stress" in out:

@@ -8,6 +8,8 @@ Upstream quirks hidden here:
 - CHGNet 0.3.0 is intensive: its head predicts energy per atom; we return totals.
 - CHGNet reports stress in GPa; we return eV/Å³ from the same strain derivative.
 - Inputs are float32 only (``chgnet.model.model.TORCH_DTYPE``).
+- Magnetic moments (``magmoms``, μB per atom) are ``|site_wise(atom features)|``
+  after the second-to-last convolution, as ``CHGNetCalculator`` gives them.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from ase import Atoms
 
 from .._runtime import isolated
 from ..errors import ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, file_ending, register
 from .chgnet_graph import angles, bonds
 
 
@@ -40,6 +43,10 @@ class CHGNetAdapter(ModelAdapter):
         elements = range(1, module.atom_embedding.embedding.num_embeddings + 1)
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=converter.atom_graph_cutoff, elements=elements, source=source, sha256=sha256)
         self.module.mlp.register_forward_pre_hook(self._capture_readout_input)
+
+    @property
+    def implemented_properties(self) -> tuple[str, ...]:
+        return (*super().implemented_properties, "magmoms")
 
     @classmethod
     def load(cls, path: str | None = None, *, version: str = "0.3.0", device="auto", dtype=None) -> "CHGNetAdapter":
@@ -68,7 +75,8 @@ class CHGNetAdapter(ModelAdapter):
     def _graph(self, atoms: Atoms, cutoff: float):
         from chgnet.graph.crystalgraph import CrystalGraph
 
-        i, j, shifts = neighbor_list(atoms, cutoff)
+        # bonds and angles are built with numpy, so the search runs on the CPU (as upstream's converter)
+        i, j, shifts = (t.numpy() for t in device_neighbor_list(atoms, cutoff, "cpu", backend=self.neighbor_backend))
         cell = atoms.cell.array if atoms.pbc.all() else bounding_cell(atoms, cutoff)
         dist = np.linalg.norm(atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1)
         d2u, u2d = bonds(i, j, shifts)
@@ -101,7 +109,7 @@ class CHGNetAdapter(ModelAdapter):
         with warnings.catch_warnings():  # chgnet builds volumes with torch.tensor(list of tensors)
             warnings.simplefilter("ignore", UserWarning)
             batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=m.bond_basis_expansion, angle_basis_expansion=m.angle_basis_expansion, compute_stress=True)
-        pred = m._compute(batched, compute_force=False, compute_stress=False, return_site_energies=True)
+        pred = m._compute(batched, compute_force=False, compute_stress=False, compute_magmom=True, return_site_energies=True)
         n_atoms = torch.tensor([len(a) for a in atoms_list], device=self.device, dtype=torch.float32)
         site = torch.cat(pred["site_energies"])
         energy = pred["e"]
@@ -117,6 +125,7 @@ class CHGNetAdapter(ModelAdapter):
             volumes=batched.volumes,
             node_energy=site,
             descriptors=self._captured.pop("descriptors", None),
+            magmoms=torch.cat(pred["m"]),
         )
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -141,6 +150,9 @@ class CHGNetAdapter(ModelAdapter):
             return {}
         weights = ref.fc.weight.detach().cpu().double().numpy().reshape(-1)
         return {z: float(weights[z - 1]) for z in range(1, len(weights) + 1)}
+
+
+register(Family("chgnet", CHGNetAdapter, file_ending(".pth.tar", ".pth"), "a CHGNet checkpoint (*.pth.tar)"))
 
 
 def wheel_weights(version: str):

@@ -22,9 +22,11 @@ import torch
 from ase import Atoms
 
 from .._version import __version__
-from ..artifacts import atomic_path, check_manifest, read_json, sha256_file, write_json
-from ..errors import ArtifactError, ModelLoadError
+from ..artifacts import check_manifest, read_json, write_json
+from ..errors import ArtifactError, ConfigurationError
+from .family import Family, folder_with, register
 from .identity import state_sha256, weights_sha256
+from .weights_file import read_weights, write_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,8 @@ def save_finetuned(result, folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     adapter = result.adapter
     named = dict(adapter.module.named_parameters())
-    state = {name: named[name].detach().cpu().clone() for name in result.parameter_names}
-    weights = folder / WEIGHTS
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
+    state = {name: named[name] for name in result.parameter_names}
+    weights = write_weights(folder, WEIGHTS, state)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -73,7 +73,7 @@ def save_finetuned(result, folder) -> Path:
         "model_id": adapter.model_id,
         "trainable": result.trainable,
         "parameters": {name: list(t.shape) for name, t in state.items()},
-        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "content_sha256": state_sha256(state)},
+        "weights": weights,
         "data_sha256": result.data_sha256,
         "metrics": result.metrics,
         "config": result.config,
@@ -99,52 +99,29 @@ def read_manifest(folder) -> dict:
     return manifest
 
 
-def _read_weights(file: Path, expected_sha: str) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise ArtifactError(f"fine-tuned weights {file} do not exist")
-    if sha256_file(file) != expected_sha:
-        raise ArtifactError(f"fine-tuned weights {file} do not match the sha256 in its {MANIFEST}; the file was changed or is corrupt")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
-        raise ArtifactError(f"fine-tuned weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ArtifactError(f"fine-tuned weights {file} are not a state_dict of tensors")
-    return state
-
-
-def _load_base(base: dict, device, dtype):
-    from .registry import KNOWN_MODELS, canonical_name, load_adapter
-
-    model_id = base["model_id"]
-    if canonical_name(model_id) in KNOWN_MODELS:
-        return load_adapter(model_id, device=device, dtype=dtype)
-    source = base.get("source")
-    if source and Path(source).exists():
-        return load_adapter(source, device=device, dtype=dtype, family=base.get("family"))
-    raise ModelLoadError(f"the base model '{model_id}' of this fine-tuned model is neither a known model name nor at its recorded source {source!r}")
-
-
-def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None):
+def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None, load_base=None):
     """A fine-tuned adapter from a folder written by :func:`save_finetuned`.
 
-    The base model is loaded by its recorded id (or source path) unless
-    ``base_adapter`` (a freshly loaded, unmodified base) is given; a base whose
-    sha256 differs from the recorded one raises ArtifactError. Nothing in the folder is modified.
+    The base model is given as ``base_adapter`` (a freshly loaded, unmodified
+    base) or loaded by ``load_base(model_id, source, family, device=, dtype=)``
+    (the registry's :func:`~mlff_calc.models.registry.load_base_model`: its recorded
+    id, else its source path; ``mlff_calc.finetune.load_finetuned`` passes it). A
+    base whose weights hash differs from the recorded one raises ArtifactError.
+    Nothing in the folder is modified.
     """
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     base, wmeta = manifest["base"], manifest["weights"]
-    state = _read_weights(folder / str(wmeta.get("file", WEIGHTS)), str(wmeta.get("sha256")))
-    if state_sha256(state) != wmeta.get("content_sha256"):
-        raise ArtifactError(f"fine-tuned weights in {folder} do not match the content hash in {MANIFEST}")
-    adapter = base_adapter if base_adapter is not None else _load_base(base, device, dtype or base.get("dtype"))
+    if not isinstance(wmeta.get("content_sha256"), str):
+        raise ArtifactError(f"fine-tune manifest {folder / MANIFEST}: the weights' content hash is missing")
+    state = read_weights(folder, wmeta, kind="fine-tuned", manifest_path=folder / MANIFEST)
+    if base_adapter is None and load_base is None:
+        raise ConfigurationError("load_finetuned needs base_adapter or load_base; mlff_calc.finetune.load_finetuned and mlff_calc.load(folder) pass one")
+    adapter = base_adapter if base_adapter is not None else load_base(base["model_id"], base.get("source"), base.get("family"), device=device, dtype=dtype or base.get("dtype"))
     if getattr(adapter, "finetune_info", None) is not None:
         raise ArtifactError(f"{folder}: the given base adapter {adapter.model_id} is itself fine-tuned")
     if adapter.model_id != base["model_id"]:
         raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}', not '{adapter.model_id}'")
-    if base.get("sha256") and adapter.sha256 and base["sha256"] != adapter.sha256:
-        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with file sha256 {base['sha256'][:12]}..., but the loaded base has {adapter.sha256[:12]}...")
     got = weights_sha256(adapter)
     if got != base["weights_sha256"]:
         raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with weights sha256 {base['weights_sha256'][:12]}..., but the loaded base weights have {got[:12]}...; these weights do not belong to that base")
@@ -168,8 +145,11 @@ def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None):
 
 
 class FinetunedModel:
-    """Registry hook: ``adapter_class("finetune").load(folder, ...)`` is :func:`load_finetuned`."""
+    """Registry hook: ``FinetunedModel.load(folder, load_base=...)`` is :func:`load_finetuned`."""
 
     @classmethod
-    def load(cls, path, *, device="auto", dtype=None, **_):
-        return load_finetuned(path, device=device, dtype=dtype)
+    def load(cls, path, *, device="auto", dtype=None, load_base=None, **_):
+        return load_finetuned(path, device=device, dtype=dtype, load_base=load_base)
+
+
+register(Family("finetune", FinetunedModel, folder_with(MANIFEST), "a fine-tuned model (finetune.json)", folder=True, wraps_base=True))

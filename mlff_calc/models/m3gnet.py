@@ -12,6 +12,9 @@ Upstream quirks hidden here:
 - ``Potential.forward`` squeezes the ``AtomRef`` offset to a scalar for one
   structure; we sum per-atom offsets by structure instead. Offsets are indexed by
   position in ``model.element_types`` (89 elements), not by atomic number.
+- matgl's modules hold sympy-generated functions, which do not pickle. A pickled
+  adapter carries the module's recipe instead (matgl's own constructor arguments,
+  ``_init_args``, and the state dict) and rebuilds it on unpickle.
 - ZBL (``calc_repuls=True``) needs ``g.bond_dist``, which M3GNet never sets, so
   matgl itself cannot evaluate it; such models are refused with that reason.
 """
@@ -28,10 +31,11 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, folder_with, register
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +71,23 @@ class M3GNetAdapter(ModelAdapter):
         super().__init__(module, model_id=model_id, device=device, dtype=dtype, cutoff=model.cutoff, elements=zs, source=source, sha256=sha256)
         self.module.model.final_layer.register_forward_hook(self._capture_readout)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["module"] = _recipe(self.module)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        recipe = state.pop("module")
+        super().__setstate__(state)
+        self.module = _rebuild(recipe, self.device, self.dtype)
+        self.module.model.final_layer.register_forward_hook(self._capture_readout)
+
     @classmethod
     def load(cls, path, *, device="auto", dtype=None, model_id: str | None = None) -> "M3GNetAdapter":
         """A matgl model folder (``model.json``, ``model.pt``, ``state.pt``) holding an M3GNet Potential."""
         path = Path(path).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"matgl model folder {path} does not exist")
+            raise ModelLoadError(f"matgl model folder {path} does not exist (published M3GNet weights: `mlff-calc models fetch NAME`, names in `mlff-calc models`)")
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; an M3GNet model is a folder holding {', '.join(MODEL_FILES)}")
         missing = [f for f in MODEL_FILES if not (path / f).is_file()]
@@ -86,9 +101,10 @@ class M3GNetAdapter(ModelAdapter):
             raise ModelLoadError(
                 f"{path} is a matgl-2 (DGL era) checkpoint ({'; '.join(signs)}). matgl 4 loads it without error "
                 "but evaluates it wrongly (its graph convolution aggregates on the other end of each edge), so it is "
-                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4)"
+                "refused; use the matgl-4 re-export of the same model (e.g. M3GNet-MP-2021.2.8-PES as distributed for matgl 4: "
+                "`mlff-calc models fetch m3gnet-mp-2021.2.8` gets or converts it)"
             )
-        with isolated():
+        with isolated(), backend("m3gnet", "an M3GNet model"):
             import matgl
             from matgl.apps.pes import Potential
             from matgl.models import M3GNet
@@ -132,15 +148,15 @@ class M3GNetAdapter(ModelAdapter):
         pot, dev, dt = self.module, self.device, self.dtype
         edges, shifts, cells, offset = [], [], [], 0
         for atoms in atoms_list:
-            i, j, s = neighbor_list(atoms, cutoff)
-            edges.append(np.stack([i, j]) + offset)
+            i, j, s = device_neighbor_list(atoms, cutoff, dev, backend=self.neighbor_backend)
+            edges.append(torch.stack([i, j]) + offset)
             shifts.append(s)
             cells.append(bounding_cell(atoms, cutoff))
             offset += len(atoms)
         n_graphs = len(atoms_list)
         n_atoms = torch.tensor([len(a) for a in atoms_list], device=dev)
         node_batch = torch.repeat_interleave(torch.arange(n_graphs, device=dev), n_atoms)
-        edge_index = torch.as_tensor(np.concatenate(edges, axis=1), device=dev)
+        edge_index = torch.cat(edges, dim=1)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         node_type = torch.as_tensor(self._types[numbers], device=dev)
 
@@ -150,7 +166,7 @@ class M3GNetAdapter(ModelAdapter):
         lattice = torch.as_tensor(np.stack(cells), dtype=dt, device=dev) @ (eye + st)
         positions = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=dt, device=dev, requires_grad=True)
         pos = torch.einsum("ni,nij->nj", positions, (eye + st)[node_batch]) if stress else positions
-        shift = torch.as_tensor(np.concatenate(shifts), dtype=dt, device=dev)
+        shift = torch.cat(shifts).to(dt)
         offshift = torch.einsum("ei,eij->ej", shift, lattice[node_batch[edge_index[0]]])
 
         g = Data(num_nodes=int(node_type.numel()), edge_index=edge_index, node_type=node_type, pos=pos, pbc_offshift=offshift, batch=node_batch)
@@ -208,3 +224,31 @@ class M3GNetAdapter(ModelAdapter):
             return {}
         offsets = refs.property_offset.detach().cpu().double().numpy()
         return {atomic_numbers[s]: float(offsets[k]) for k, s in enumerate(self.module.model.element_types)}
+
+
+def _recipe(module) -> dict:
+    """What rebuilds a matgl module: its class, matgl's record of its constructor arguments, its state."""
+    return {"module": type(module).__module__, "class": type(module).__name__, "init_args": module._init_args, "state": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "training": module.training}
+
+
+def _rebuild(recipe: dict, device, dtype):
+    """The module of :func:`_recipe`, as ``matgl``'s own loader builds it, with the recorded state."""
+    import importlib
+
+    with isolated():
+        cls = getattr(importlib.import_module(recipe["module"]), recipe["class"])
+        args = {}
+        for key, value in recipe["init_args"].items():
+            if key.startswith("@"):
+                continue
+            if isinstance(value, dict) and "@class" in value and "@module" in value:  # a nested matgl module
+                inner = getattr(importlib.import_module(value["@module"]), value["@class"])
+                value = inner(**value["init_args"])
+            args[key] = value
+        module = cls(**args)
+    module = module.to(device=device, dtype=dtype)  # before the state, so float64 weights stay exact
+    module.load_state_dict(recipe["state"], strict=True)
+    return module.train(recipe["training"])
+
+
+register(Family("m3gnet", M3GNetAdapter, folder_with("model.json", "state.pt"), "a matgl model (model.json + state.pt)", folder=True))

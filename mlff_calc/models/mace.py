@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .._runtime import isolated
+from .._runtime import backend, isolated
 from ..errors import ConfigurationError, ModelLoadError
-from ..neighbors import bounding_cell, neighbor_list
+from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
+from .family import Family, file_ending, register
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,16 @@ class MACEAdapter(ModelAdapter):
         self._switch_lock = threading.Lock()
         self._switch_bypassed = False
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_switch_lock", None)  # rebuilt; no switched call is running in the copy
+        state.update(_switch_handle=None, _switch_users=0)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._switch_lock = threading.Lock()
+
     @property
     def switch_width_A(self) -> float:
         """Width (Å) of the smooth switch taking edges to 0 at a cutoff below ``r_max``.
@@ -209,7 +220,8 @@ class MACEAdapter(ModelAdapter):
         if not path.is_file():
             raise ModelLoadError(f"MACE model file {path} does not exist")
         with mace_scope():
-            import mace.modules  # noqa: F401  (classes the pickle refers to)
+            with backend("mace", "a MACE model"):
+                import mace.modules  # noqa: F401  (classes the pickle refers to)
 
             try:
                 module = torch.load(path, map_location="cpu", weights_only=False)
@@ -226,10 +238,10 @@ class MACEAdapter(ModelAdapter):
         dev, dt = self.device, self.dtype
         pos, cells, edges, unit, species, counts, offset = [], [], [], [], [], [], 0
         for atoms in atoms_list:
-            i, j, shifts = neighbor_list(atoms, cutoff)
+            i, j, shifts = device_neighbor_list(atoms, cutoff, dev, backend=self.neighbor_backend)
             pos.append(atoms.positions)
             cells.append(atoms.cell.array if atoms.pbc.all() else bounding_cell(atoms, cutoff))
-            edges.append(np.stack([i + offset, j + offset]))  # [0] sender, [1] receiver
+            edges.append(torch.stack([i + offset, j + offset]))  # [0] sender, [1] receiver
             unit.append(shifts)
             species.append(self._z_index[atoms.numbers])
             counts.append(len(atoms))
@@ -239,8 +251,8 @@ class MACEAdapter(ModelAdapter):
         return {
             "positions": torch.tensor(np.concatenate(pos), dtype=dt, device=dev),
             "cell": torch.tensor(np.stack(cells), dtype=dt, device=dev),
-            "edge_index": torch.tensor(np.concatenate(edges, axis=1), dtype=torch.long, device=dev),
-            "unit_shifts": torch.tensor(np.concatenate(unit), dtype=dt, device=dev),
+            "edge_index": torch.cat(edges, dim=1),
+            "unit_shifts": torch.cat(unit).to(dt),
             "batch": torch.repeat_interleave(torch.arange(len(atoms_list), device=dev), n_atoms),
             "ptr": torch.cat([n_atoms.new_zeros(1), torch.cumsum(n_atoms, 0)]),
             "node_attrs": torch.nn.functional.one_hot(species_t, self._n_species).to(dt),
@@ -311,3 +323,6 @@ class MACEAdapter(ModelAdapter):
         table = torch.atleast_2d(self.module.atomic_energies_fn.atomic_energies)
         row = table[self._head if table.shape[0] > 1 else 0].detach().cpu().double().numpy()
         return {int(z): float(e) for z, e in zip(self.module.atomic_numbers.tolist(), row)}
+
+
+register(Family("mace", MACEAdapter, file_ending(".model"), "a MACE model file (*.model)"))

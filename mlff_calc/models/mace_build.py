@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .._runtime import backend
 from .mace import mace_scope
 
 #: published MACE-MP-0 files (see mace/calculators/foundations_models.py)
@@ -71,8 +72,9 @@ def build_scaleshift_mace(
         if e0.shape != (len(zs),):
             raise ValueError(f"atomic_energies has shape {e0.shape}; expected ({len(zs)},), one per element")
     with mace_scope(), torch.random.fork_rng(devices=[]):
-        from e3nn import o3
-        from mace import modules
+        with backend("mace", "a MACE model"):
+            from e3nn import o3
+            from mace import modules
 
         torch.set_default_dtype(dtype)
         torch.manual_seed(seed)

@@ -8,7 +8,6 @@ and how to provide the file.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -76,50 +75,46 @@ def locate(spec: ModelSpec) -> Path | None:
 
 def missing_message(spec: ModelSpec) -> str:
     searched = ", ".join(str(d) for d in model_dirs())
-    how = f"download it from {MACE_MP0_URL}{spec.filename} on a machine with internet, then " if spec.family == "mace" else ""
     return (
         f"model '{spec.name}' needs '{spec.filename}', which is not in any model directory (searched: {searched}). "
-        f"To provide it, {how}put it in one of those folders, set {MODEL_DIR_ENV} to the folder holding it, "
-        "or pass its path to mlff_calc.load()."
+        f"Download it with `mlff-calc models fetch {spec.name}` (or mlff_calc.models.fetch('{spec.name}')), "
+        f"or put a copy in one of those folders, set {MODEL_DIR_ENV} to the folder holding it, or pass its path to mlff_calc.load()."
     )
+
+
+def families() -> dict:
+    """The declared model families (:mod:`mlff_calc.models.family`), in the order they are asked."""
+    from .families import declared
+
+    return declared()
 
 
 def family_of_path(path: Path) -> str:
-    """Guess the family of a local model file or folder from what it contains."""
+    """The family that recognises a local model file or folder (each family declares what its files look like)."""
+    known = families()
+    for family in known.values():
+        if family.recognises(path):
+            return family.name
     if path.is_dir():
-        if (path / "student.json").exists():
-            return "ttt_student" if (path / "prior_head.json").exists() else "student"
-        if (path / "finetune.json").exists():
-            return "finetune"
-        if (path / "model.json").exists() and (path / "state.pt").exists():
-            return "m3gnet"
-        raise ModelLoadError(f"{path} is a folder but holds neither an mlff_calc student (student.json) nor a matgl model (model.json + state.pt)")
-    if path.suffix == ".model":
-        return "mace"
-    if path.name.endswith((".pth.tar", ".pth")):
-        return "chgnet"
-    raise ModelLoadError(
-        f"cannot tell which model family {path} belongs to; pass family='mace', 'chgnet' or 'm3gnet' to mlff_calc.load()"
-    )
-
-
-#: family -> (module, class) of its adapter; imported lazily, each pulls in its backend
-ADAPTERS = {
-    "chgnet": ("mlff_calc.models.chgnet", "CHGNetAdapter"),
-    "m3gnet": ("mlff_calc.models.m3gnet", "M3GNetAdapter"),
-    "mace": ("mlff_calc.models.mace", "MACEAdapter"),
-    "student": ("mlff_calc.models.student", "StudentAdapter"),
-    "ttt_student": ("mlff_calc.ttt.head", "TwoHeadModel"),
-    "finetune": ("mlff_calc.models.finetuned", "FinetunedModel"),
-}
+        holds = " nor ".join(f.files for f in known.values() if f.folder)
+        raise ModelLoadError(f"{path} is a folder but holds neither {holds}")
+    raise ModelLoadError(f"cannot tell which model family {path} belongs to; pass family= one of {', '.join(map(repr, known))} to mlff_calc.load()")
 
 
 def adapter_class(family: str):
     """The adapter class of a family."""
-    if family not in ADAPTERS:
-        raise ConfigurationError(f"unknown model family {family!r}; known: {', '.join(ADAPTERS)}")
-    module, name = ADAPTERS[family]
-    return getattr(importlib.import_module(module), name)
+    known = families()
+    if family not in known:
+        raise ConfigurationError(f"unknown model family {family!r}; known: {', '.join(known)}")
+    return known[family].adapter
+
+
+def _load(family: str, path, **kwargs):
+    """``adapter.load(path, **kwargs)`` of ``family``; families that wrap a base model get this registry's loader too."""
+    cls = adapter_class(family)
+    if families()[family].wraps_base:
+        kwargs["load_base"] = load_base_model
+    return cls.load(path, **kwargs)
 
 
 def load_adapter(model: str | os.PathLike = "chgnet", *, device="auto", dtype=None, family: str | None = None, verify: bool = True):
@@ -139,9 +134,18 @@ def load_adapter(model: str | os.PathLike = "chgnet", *, device="auto", dtype=No
             verify_fingerprint(adapter, spec)
         return adapter
     if path.exists():
-        return adapter_class(family or family_of_path(path)).load(path, device=device, dtype=dtype)
+        return _load(family or family_of_path(path), path, device=device, dtype=dtype)
     known = ", ".join(sorted(KNOWN_MODELS) + sorted(ALIASES))
     raise ModelLoadError(f"'{model}' is neither a known model name ({known}) nor an existing path")
+
+
+def load_base_model(model_id: str, source: str | None, family: str | None, *, device="auto", dtype=None):
+    """The base model an artifact records: by its id when that is a known name, else from its recorded source path."""
+    if canonical_name(model_id) in KNOWN_MODELS:
+        return load_adapter(model_id, device=device, dtype=dtype)
+    if source and Path(source).exists():
+        return load_adapter(source, device=device, dtype=dtype, family=family)
+    raise ModelLoadError(f"the base model '{model_id}' is neither a known model name nor at its recorded source {source!r}")
 
 
 def compile_student(adapter, option: str = "compile") -> None:

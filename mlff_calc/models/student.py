@@ -72,6 +72,7 @@ from ase.data import chemical_symbols
 
 from ..errors import ArtifactError, ConfigurationError
 from .base import hand_descriptors, stress_from_strain_gradient
+from .family import Family, folder_with, register
 from .mace import MACEAdapter, strained
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,18 @@ class StudentAdapter(MACEAdapter):
         self.architecture = dict(architecture)
         self.manifest = dict(manifest or {})
 
+    def __getstate__(self) -> dict:
+        """A compiled graph does not pickle: the copy compiles its own (same options, on its first call)."""
+        state = super().__getstate__()
+        for key in ("_compiled", "_watched", "_compiled_versions"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if state.get("_compile_options") is not None:
+            self.compile(**state["_compile_options"])
+
     def compile(self, *, dynamic: bool = True) -> "StudentAdapter":
         """Run energy+forces+stress calls through one ``torch.compile``'d graph.
 
@@ -195,6 +208,7 @@ class StudentAdapter(MACEAdapter):
         for p in whole.parameters():
             p.requires_grad_(False)
         self._compiled = torch.compile(whole, dynamic=dynamic, fullgraph=_TRACES_AUTOGRAD)
+        self._compile_options = {"dynamic": dynamic}
         self._watched = list(self.module.parameters())  # walked once: module traversal costs ~0.2 ms a call
         self._compiled_versions = self._weight_versions()
         return self
@@ -210,14 +224,14 @@ class StudentAdapter(MACEAdapter):
             return None
         if self._weight_versions() != self._compiled_versions:
             log.warning("student weights changed after compile(); using the eager module (call compile() again)")
-            self._compiled = None
+            self._compiled = self._compile_options = None
             return None
         return compiled
 
-    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None) -> dict:
-        compiled = self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
+    def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None, node_weights=None) -> dict:
+        compiled = None if node_weights else self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
         if compiled is None:
-            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors)
+            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors, node_weights=node_weights)
         graph = self.graph(atoms_list, rc)
         graph["positions"].requires_grad_(True)
         strain = torch.zeros(len(atoms_list), 3, 3, dtype=self.dtype, device=self.device, requires_grad=True) if stress else None
@@ -246,19 +260,16 @@ class StudentAdapter(MACEAdapter):
         architecture, and the recorded energy of the check structure. Any mismatch
         raises ArtifactError naming the folder; nothing in it is modified.
         """
-        from ..artifacts import check_manifest, read_json, sha256_file
+        from ..artifacts import check_manifest, read_json
+        from .weights_file import read_weights
 
         folder = Path(path).expanduser()
         manifest = read_json(folder / MANIFEST, kind="student manifest")
         check_manifest(manifest, fmt=STUDENT_FORMAT, versions=(STUDENT_VERSION,), path=folder / MANIFEST)
         arch, weights, trained = _checked_entries(manifest, folder / MANIFEST, cls)
         file = folder / weights["file"]
-        if not file.is_file():
-            raise ArtifactError(f"student weights {file} do not exist")
-        digest = sha256_file(file)
-        if digest != weights["sha256"]:
-            raise ArtifactError(f"student weights {file} do not match the sha256 in {folder / MANIFEST}; the file was changed or is corrupt")
-        state = _read_state_dict(file)
+        state = read_weights(folder, weights, kind="student", manifest_path=folder / MANIFEST)
+        digest = weights["sha256"]
         try:
             module = _build(arch, trained)
         except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError, ZeroDivisionError) as exc:
@@ -296,22 +307,6 @@ def _checked_entries(manifest: dict, path: Path, cls) -> tuple[dict, dict, torch
     return arch, weights, trained
 
 
-def _read_state_dict(file: Path) -> dict:
-    if file.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:
-            raise ArtifactError(f"{file} is a safetensors file; install the 'safetensors' package to read it") from exc
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError, EOFError...
-        raise ArtifactError(f"student weights {file} cannot be read as a state_dict ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArtifactError(f"student weights {file} hold a {type(state).__name__}, not a state_dict of tensors")
-    return state
-
-
 def _check_structure(atoms: Atoms) -> dict:
     return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(), "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
 
@@ -341,7 +336,8 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
     data hash, metrics and config are used unless given here).
     """
     from .._version import __version__
-    from ..artifacts import atomic_path, sha256_file, write_json
+    from ..artifacts import write_json
+    from .weights_file import write_weights
 
     if not isinstance(student, StudentAdapter) and hasattr(student, "adapter"):
         teacher = teacher if teacher is not None else getattr(student, "teacher", None)
@@ -356,10 +352,7 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
     folder.mkdir(parents=True, exist_ok=True)
     if check_atoms is None:
         check_atoms = _default_check(student)
-    weights = folder / WEIGHTS
-    state = {k: v.detach().cpu().clone() for k, v in student.module.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
+    weights = write_weights(folder, WEIGHTS, student.module.state_dict())
     energy = student.evaluate([check_atoms], ("energy",), min_distance=None)[0]["energy"]
     zs = sorted(student.elements)
     manifest = {
@@ -377,7 +370,7 @@ def save_student(student, folder, *, teacher: dict | None = None, training_data_
         "metrics": metrics or {},
         "config": config or {},
         "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "length": "Å"},
-        "weights": {"file": WEIGHTS, "sha256": sha256_file(weights), "kind": "state_dict (torch.save; load with weights_only=True)"},
+        "weights": {**weights, "kind": "state_dict (torch.save; load with weights_only=True)"},
         "check": {**_check_structure(check_atoms), "energy_eV": energy},
     }
     write_json(folder / MANIFEST, manifest)
@@ -392,3 +385,6 @@ def _default_check(student: StudentAdapter) -> Atoms:
     grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float)[:max(n, 8)] * 2.4
     numbers = [zs[k % len(zs)] for k in range(len(grid))]
     return Atoms(numbers=numbers, positions=grid + rng.normal(0, 0.05, grid.shape), cell=np.eye(3) * 4.8, pbc=True)
+
+
+register(Family("student", StudentAdapter, folder_with(MANIFEST), "an mlff_calc student (student.json)", folder=True))

@@ -82,6 +82,22 @@ class RewiringLayer(Layer):
 
     name = "rewiring"
     provides = ("r_star", "rewiring_radii", "rewiring_distances")
+    sets_cutoff = True
+
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "RewiringLayer":
+        """The layer of ``--rewire REF.json[:DISTANCE]`` (the distance defaults to padded L2)."""
+        from pathlib import Path
+
+        text = str(value)
+        head, sep, tail = text.rpartition(":")
+        if sep and tail in DISTANCES:
+            path, distance = Path(head), tail
+        elif sep and not Path(text).exists() and "/" not in tail and "\\" not in tail:
+            raise ConfigurationError(f"--rewire {text}: unknown spectral distance {tail!r}; use REF.json or REF.json:DISTANCE with DISTANCE one of {DISTANCES}")
+        else:
+            path, distance = Path(text), "padded_l2"
+        return cls(SpectrumReference.load(path), distance=distance)
 
     def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
         if not isinstance(reference, SpectrumReference):
@@ -142,13 +158,10 @@ class RewiringLayer(Layer):
         if len(radii) > 1:
             detail = ", ".join(f"{system_key(a)}: {c.r_star:.3f} Å" for a, c in zip(atoms_list, choices))
             raise ConfigurationError(f"one batch needs one graph cutoff, but its systems have different refined radii ({detail}); evaluate them in separate calls")
-        r_star = radii.pop()
-        if request.cutoff is not None and abs(request.cutoff - r_star) > 1e-9:
-            raise ConfigurationError(f"an earlier layer set the graph cutoff to {request.cutoff} Å; the rewiring layer chose {r_star} Å; use one layer that sets the cutoff")
-        request.cutoff = r_star
+        request.cutoff = radii.pop()  # the calculator lets only one layer set it
         return request
 
-    def after(self, atoms_list, results: list[dict]) -> list[dict]:
+    def after(self, atoms_list, results: list[dict], request: Request) -> list[dict]:
         out = []
         for atoms, res in zip(atoms_list, results):
             c = self._choices[system_key(atoms)]

@@ -14,8 +14,9 @@ scale by √c). The energy depends on ``mode``:
 Per-atom energies follow the same rule per atom, so they still sum to ``E'``.
 ``results["contributions"]["softening"]`` holds ``E' - E``.
 
-Layers run their ``after`` hooks in reverse order: put this layer last in the
-calculator's list so it scales the model's output only, not other corrections.
+The layer declares ``changes_outputs``: a calculator moves it to the end of its
+layer list, so its ``after`` runs first and scales the model's output only, not
+other layers' corrections.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SofteningLayer(Layer):
     """
 
     name = "softening"
+    changes_outputs = True
 
     def __init__(self, c: float, *, mode: str = "reference", fit: SofteningFit | None = None, strict: bool = False):
         if isinstance(c, bool) or not isinstance(c, (int, float, np.floating)) or not math.isfinite(c) or c <= 0:
@@ -62,6 +64,11 @@ class SofteningLayer(Layer):
         """A layer from a saved fit; ``mode`` defaults to the mode the fit was made for."""
         fit = SofteningFit.load(path)
         return cls(fit.c, mode=mode or fit.mode, fit=fit, strict=strict)
+
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "SofteningLayer":
+        """The layer of the command-line value ``--softening FIT.json``."""
+        return cls.from_file(value)
 
     def bind(self, adapter) -> None:
         if self.fit is not None:
@@ -107,7 +114,7 @@ class SofteningLayer(Layer):
             warnings.warn(message, UserWarning, stacklevel=4)
             log.warning(message)
 
-    def after(self, atoms_list, results: list[dict]) -> list[dict]:
+    def after(self, atoms_list, results: list[dict], request: Request) -> list[dict]:
         return [self._scale(atoms, res) for atoms, res in zip(atoms_list, results)]
 
     def _scale(self, atoms, res: dict) -> dict:

@@ -1,5 +1,26 @@
-"""Training utilities shared by the distillation (and any future fine-tuning) code."""
+"""Training shared by every method that trains (distillation, test-time training, fine-tuning).
 
-from .trainer import EMA, TrainerConfig, Trainer, TrainHistory, only_trainable, shuffled_batches
+- :mod:`.trainer`: the one generic trainer (AdamW, schedules, EMA, early stopping).
+- :mod:`.loss`: the loss terms (:class:`DistillationLoss`, :class:`FinetuneLoss`) over :class:`TrainItem` batches.
+- :mod:`.items`: training sets as TrainItems (from label stores or DFT data) and their evaluation.
+"""
 
-__all__ = ["only_trainable", "shuffled_batches", "EMA", "Trainer", "TrainerConfig", "TrainHistory"]
+from .items import evaluate_items, items_from_dft, items_from_records
+from .loss import DistillationLoss, FinetuneLoss, LossWeights, TrainItem
+from .trainer import EMA, Trainer, TrainerConfig, TrainHistory, only_trainable, shuffled_batches
+
+__all__ = [
+    "EMA",
+    "DistillationLoss",
+    "FinetuneLoss",
+    "LossWeights",
+    "TrainHistory",
+    "TrainItem",
+    "Trainer",
+    "TrainerConfig",
+    "evaluate_items",
+    "items_from_dft",
+    "items_from_records",
+    "only_trainable",
+    "shuffled_batches",
+]

@@ -11,14 +11,14 @@
     calc.reset_layers()             # pristine weights
 
 Pieces: :mod:`~mlff_calc.ttt.priors` (GFN1-xTB via tblite, EMT, LJ, Morse),
-:mod:`~mlff_calc.ttt.head` (prior head, two-head model, its artifact),
+:mod:`~mlff_calc.models.two_head` (prior head, two-head model, its artifact),
 :mod:`~mlff_calc.ttt.train` (two-phase training; experimental heads on
 foundation models), :mod:`~mlff_calc.ttt.adapt` (the adaptation loop) and the
 layer :class:`mlff_calc.ttt.layer.TTTLayer` (also ``mlff_calc.layers.ttt.TTTLayer``).
 """
 
 from .adapt import AdaptConfig, adapt
-from .head import PriorHead, TwoHeadModel, load_head, save_head
+from ..models.two_head import PriorHead, TwoHeadModel, load_head, save_head
 from .layer import TTTLayer
 from .priors import PRIORS, check_coverage, prior_calculator, prior_labels
 from .train import TTTResult, fit_prior_head, save_ttt_student, train_ttt_student

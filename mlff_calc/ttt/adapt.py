@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..distill.loss import DistillationLoss, LossWeights, TrainItem
+from ..training.loss import DistillationLoss, LossWeights, TrainItem
 from ..errors import CalculationFailed, ConfigurationError
-from ..training import only_trainable
+from ..training.trainer import only_trainable
 from .priors import prior_labels
 
 

@@ -39,6 +39,7 @@ class TTTLayer(Layer):
     """Holds the adaptation settings, the pristine weights and what the last adaptation did."""
 
     name = "ttt"
+    adapts = True
 
     def __init__(self, *, adapted=None, adapt_on=None, progress: bool | None = None, **adapt_config):
         """``adapt_config``: fields of :class:`~mlff_calc.ttt.adapt.AdaptConfig`. When the layer
@@ -57,17 +58,25 @@ class TTTLayer(Layer):
         self._pristine: dict[str, torch.Tensor] | None = None
         self.history: dict | None = None
 
+    @classmethod
+    def from_option(cls, value: str, *, verb: str | None = None) -> "TTTLayer":
+        """The layer of ``--ttt``: a folder written by :meth:`save`, or a structure file to adapt on."""
+        from ..data.structure_files import read_frames
+
+        path = Path(value)
+        return cls(adapted=path) if path.is_dir() else cls(adapt_on=read_frames(path))
+
     def bind(self, adapter) -> None:
-        from .head import TwoHeadModel
+        from ..models.two_head import TwoHeadModel
 
         if not isinstance(adapter, TwoHeadModel):
             raise ConfigurationError(NO_HEAD.format(model=adapter.model_id))
-        from .head import _base_sha
+        from ..models.identity import model_identity
 
         self.model = adapter
         self._pristine = {n: p.detach().clone() for n, p in self._params().items()}
         # hashed now, while the weights are pristine (a model without a file hashes its parameters)
-        self._binding = {"model_id": adapter.model_id, "sha256": _base_sha(adapter.base)}
+        self._binding = model_identity(adapter.base)
         if self._on_bind is not None:
             action, value = self._on_bind
             self.load(value) if action == "load" else self.adapt(value)
@@ -118,7 +127,7 @@ class TTTLayer(Layer):
     # artifact ------------------------------------------------------------------
     def save(self, folder) -> Path:
         """Write the adapted parameters and what produced them, bound to the base model."""
-        from .head import write_bound
+        from ..models.weights_file import write_bound
 
         model = self._bound()
         if not self.adapted:
@@ -129,11 +138,11 @@ class TTTLayer(Layer):
 
     def load(self, folder) -> None:
         """Put adapted parameters saved by :meth:`save` into the bound model."""
-        from .head import read_bound
+        from ..models.weights_file import read_bound
 
         model = self._bound()
         foreign = "the adapted weights in {folder} belong to {model_id!r}, not to " + repr(model.model_id) + "; adapt this model instead"
-        manifest, state = read_bound(folder, manifest_name=ADAPTED_MANIFEST, fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, kind="adapted", base_sha=self._binding["sha256"], foreign=foreign)
+        manifest, state = read_bound(folder, manifest_name=ADAPTED_MANIFEST, fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, kind="adapted", base_model=self._binding, foreign=foreign)
         params = self._params()
         if set(state) != set(params) or any(state[n].shape != params[n].shape for n in params):
             raise ArtifactError(f"the adapted weights in {folder} do not fit this model's groups {list(model.adapt_groups)}")

@@ -58,10 +58,10 @@ def prior_calculator(prior: str | Mapping):
     spec = prior_spec(prior)
     name, params = spec["name"], spec["params"]
     if name in ("gfn1-xtb", "gfn2-xtb"):
-        try:
+        from .._runtime import backend
+
+        with backend("ttt", f"the {name} prior"):
             from tblite.ase import TBLite
-        except ImportError as exc:
-            raise ConfigurationError(f"the {name} prior needs the 'tblite' package: pip install 'mlff_calc[ttt]'") from exc
         return TBLite(method="GFN1-xTB" if name == "gfn1-xtb" else "GFN2-xTB", verbosity=0, **params)
     if name == "emt":
         from ase.calculators.emt import EMT

@@ -28,12 +28,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..distill.labels import LabelStore
-from ..distill.loss import DistillationLoss, LossWeights
-from ..distill.train import _items, evaluate_items, fit_reference_energies, new_student, rms_force, split_records
+from ..data.labels import LabelStore
+from ..training.items import evaluate_items, fit_reference_energies, items_from_records, new_student, rms_force, split_records
+from ..training.loss import DistillationLoss, LossWeights
 from ..errors import ConfigurationError
 from .adapt import label_items, prior_loss, trainable
-from .head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
+from ..models.two_head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
 from .priors import check_coverage, prior_labels, prior_spec
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _prior_stats(structures, labels) -> tuple[dict[int, float], float]:
 
 
 def _fit(model, params_groups, items, valid_items, *, head: str, weights: LossWeights, epochs: int, batch_size: int, lr: float, seed: int, progress):
-    from ..training import Trainer, TrainerConfig, shuffled_batches
+    from ..training.trainer import Trainer, TrainerConfig, shuffled_batches
 
     loss_fn = DistillationLoss(weights, rows_per_structure=4 if weights.kd > 0 else 0, seed=seed)
     container = torch.nn.ModuleDict({"base": model.module, "prior_head": model.prior_head})
@@ -112,19 +112,19 @@ def train_ttt_student(labels, prior, *, architecture: Mapping | None = None, ada
     prior_label_s = time.perf_counter() - t0
     e0, scale = _prior_stats(train_atoms, train_prior)
     head = PriorHead(first_layer_columns(student), hidden=head_hidden, e0=e0, scale=scale, seed=seed)
-    model = TwoHeadModel(student, head, prior=prior, adapt_groups=adapt_groups)
+    model = TwoHeadModel(student, head, prior=prior_spec(prior), adapt_groups=adapt_groups)
     prior_items = label_items(train_atoms, train_prior, model.dtype, model.device)
     prior_valid = label_items(valid_atoms, valid_prior, model.dtype, model.device)
     weights = LossWeights(energy=lambda_energy, forces=lambda_forces, kd=0.0)
 
     phase1 = _fit(model, [*adapt_groups, "prior_head"], prior_items, prior_valid, head="prior", weights=weights, epochs=prior_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
     reference_groups = [g for g in model.base.parameter_groups() if g not in adapt_groups]
-    ref_items = _items(train_rec, model.dtype, model.device, offsets=True)
-    ref_valid = _items(valid_rec, model.dtype, model.device, offsets=False)
+    ref_items = items_from_records(train_rec, model.dtype, model.device, offsets=True)
+    ref_valid = items_from_records(valid_rec, model.dtype, model.device, offsets=False)
     ref_weights = LossWeights(energy=lambda_energy, forces=lambda_forces, kd=lambda_kd)
     phase2 = _fit(model, reference_groups, ref_items, ref_valid, head="reference", weights=ref_weights, epochs=reference_epochs, batch_size=batch_size, lr=lr, seed=seed + 1, progress=progress)
 
-    test_items = _items(test_rec, model.dtype, model.device, offsets=False)
+    test_items = items_from_records(test_rec, model.dtype, model.device, offsets=False)
     metrics = {"reference_test": evaluate_items(model, test_items), "reference_valid": evaluate_items(model, ref_valid), "prior_label_time_s": prior_label_s}
     with model.using("prior"):
         metrics["prior_valid"] = evaluate_items(model, prior_valid)
@@ -165,7 +165,7 @@ def fit_prior_head(adapter, structures, prior, *, columns: Sequence[int] | None 
     if columns is None:
         columns = first_layer_columns(adapter) if hasattr(adapter.module, "products") else list(range(invariant_width(adapter, structures[0])))
     e0, scale = _prior_stats(structures, labels)
-    model = TwoHeadModel(adapter, PriorHead(columns, hidden=hidden, e0=e0, scale=scale, seed=seed), prior=prior, adapt_groups=adapt_groups, experimental=True)
+    model = TwoHeadModel(adapter, PriorHead(columns, hidden=hidden, e0=e0, scale=scale, seed=seed), prior=prior_spec(prior), adapt_groups=adapt_groups, experimental=True)
     items = label_items(structures, labels, model.dtype, model.device)
     weights = LossWeights(energy=1.0, forces=100.0, kd=0.0)
     with trainable(model, ["prior_head"]) as params:

@@ -27,22 +27,10 @@ import numpy as np
 from ase import Atoms
 
 from ..artifacts import atomic_path
+from ..data.phonopy import _beside, _displacements_only, _load_reference_yaml, _read_yaml, load_phonopy_reference, to_ase_atoms, to_phonopy_atoms  # noqa: F401 (re-exported)
 from ..errors import ArtifactError, ConfigurationError
 from .base import Workflow, result_dict
-from .phonopy_io import (  # noqa: F401  (public names of this module since the first release)
-    _AUTO_WARNING,
-    _band_ticks,
-    _beside,
-    _displacements_only,
-    _pretty,
-    _read_yaml,
-    _reference_bands,
-    cell_widths,
-    load_phonopy_reference,
-    special_point_frequencies,
-    to_ase_atoms,
-    to_phonopy_atoms,
-)
+from .phonopy_io import _AUTO_WARNING, _band_ticks, _pretty, _reference_bands, cell_widths, special_point_frequencies  # noqa: F401 (re-exported)
 from . import UNITS, default_prefix, evaluate_structures, output_path
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """Teacher labels: Hessian rows and their sign, resuming, and refusal of foreign or corrupt stores."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -8,12 +9,14 @@ from ase.build import bulk
 
 from helpers import si8
 
+from mlff_calc.artifacts import stamp
 from mlff_calc.distill import LabelStore, label
 from mlff_calc.errors import ArtifactError
 
 
 def snapshot(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """Hashes of the store's files; ``.lock`` and ``.claims.json`` (concurrent writers' bookkeeping) left out."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
 def test_store_contents(store, samples):
@@ -141,7 +144,7 @@ def test_corrupt_chunk_and_manifest(store, samples, teacher, tmp_path):
     (folder / "labels.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         LabelStore(folder)
-    (folder / "labels.json").write_text('{"format": "mlff_calc.student", "format_version": 1}')
+    (folder / "labels.json").write_text(json.dumps(stamp({"format": "mlff_calc.student", "format_version": 1})))
     with pytest.raises(ArtifactError, match="not a mlff_calc.labels"):
         LabelStore(folder)
 

@@ -10,13 +10,15 @@ from ase import Atoms
 from ase.build import bulk
 
 
-from helpers import si8
+from helpers import require_backend, si8
 
 import mlff_calc
 from mlff_calc.artifacts import stamp
 from mlff_calc.distill import DistillationLoss, LossWeights, StudentAdapter, save_student
 from mlff_calc.distill.loss import TrainItem
 from mlff_calc.errors import ArtifactError, UnsupportedElementError
+
+require_backend("mace", "mace")
 
 
 def rattled(seed, n=1):

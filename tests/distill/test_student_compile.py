@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import si8
+from helpers import require_backend, si8
+
+require_backend("mace", "mace")
 
 
 @pytest.fixture(scope="module")

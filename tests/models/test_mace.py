@@ -12,9 +12,11 @@ import pytest
 import torch
 from ase.build import bulk, fcc111, molecule
 
-from helpers import ROOT, STRUCTURES, rattled_si
+from helpers import ROOT, STRUCTURES, rattled_si, require_backend
 
 from mlff_calc.errors import ConfigurationError, ModelLoadError
+
+require_backend("mace", "mace")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -89,8 +89,8 @@ def _ltau(request):
     """The small MACE with an LTAU index built from a synthetic error log of four Si8 frames."""
     import numpy as np
 
-    from mlff_calc.artifacts import write_npz
     from mlff_calc.calculator import MLFFCalculator
+    from mlff_calc.data.error_log import write_error_log
     from mlff_calc.layers.ltau import LTAULayer
     from mlff_calc.ltau import build_ltau
 
@@ -99,9 +99,10 @@ def _ltau(request):
     folder = request.getfixturevalue("tmp_path_factory").mktemp("ltau")
     rng = np.random.default_rng(0)
     n = sum(len(a) for a in frames)
-    write_npz(folder / "error_log.npz", errors=rng.lognormal(-3, 1, (6, n)).astype(np.float32), epoch=np.arange(6),
-              structure_index=np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
-              atom_index=np.concatenate([np.arange(len(a)) for a in frames]), numbers=np.concatenate([a.numbers for a in frames]))
+    arrays = {"errors": rng.lognormal(-3, 1, (6, n)).astype(np.float32), "epoch": np.arange(6),
+              "structure_index": np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
+              "atom_index": np.concatenate([np.arange(len(a)) for a in frames]), "numbers": np.concatenate([a.numbers for a in frames])}
+    write_error_log(folder / "error_log.npz", arrays, structures=frames, model=adapter)
     ltau = build_ltau(adapter, frames, folder / "error_log.npz", k=5)
     return MLFFCalculator(adapter, layers=[LTAULayer(ltau)])
 

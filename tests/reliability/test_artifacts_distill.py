@@ -195,7 +195,7 @@ def test_wrong_format_or_version(copy_of, kind, field, value):
     manifest = folder / ARTIFACTS[kind][1][0]
     data = json.loads(manifest.read_text())
     data[field] = value
-    manifest.write_text(json.dumps(data))
+    manifest.write_text(json.dumps(stamp(data)))  # a valid checksum: the format check itself must refuse it
     assert_refused(kind, folder, "version" if field == "format_version" else "format")
 
 
@@ -235,7 +235,7 @@ def test_student_manifest_entry_of_wrong_type(copy_of, entry):
     manifest = folder / "student.json"
     data = json.loads(manifest.read_text())
     data[entry] = "corrupt"
-    manifest.write_text(json.dumps(data))
+    manifest.write_text(json.dumps(stamp(data)))
     assert_refused("student", folder)
 
 

@@ -185,3 +185,114 @@ def test_cpu_worker_pool_matches_single_calls(chgnet_adapter, m3gnet_adapter, ma
         assert torch.get_num_threads() == threads0
         for k, (p, s) in enumerate(zip(pooled, single)):
             assert same({key: p[key] for key in ("energy", "forces", "stress")}, {key: s[key] for key in ("energy", "forces", "stress")}), f"{adapter.family} structure {k}"
+
+
+# one calculator, many threads ------------------------------------------------------
+
+
+def si_cells() -> dict:
+    """An 8- and a 16-atom Si cell: results of one read as the other's have the wrong shape or energy."""
+    small = bulk("Si", "diamond", 5.43, cubic=True)
+    small.rattle(0.05, seed=31)
+    big = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 1, 1))
+    big.rattle(0.05, seed=32)
+    return {"si8": small, "si16": big}
+
+
+def run_with_layers(calc, atoms) -> dict:
+    """:func:`run` plus every result the layers provide, each read through ASE's ``get_property``."""
+    out = run(calc, atoms)
+    atoms = atoms.copy()
+    atoms.calc = calc
+    for layer in calc.layers:
+        for key in layer.provides[:2]:
+            out[key] = calc.get_property(key, atoms)
+    return out
+
+
+def hammer_one(calc, threads: int = 6, repeats: int = 5) -> list[str]:
+    """``threads`` threads share ``calc``, alternating Si8 and Si16; each call must equal the serial one."""
+    cells = si_cells()
+    expected = {key: run_with_layers(calc, atoms) for key, atoms in cells.items()}
+    problems: list[str] = []
+    barrier = threading.Barrier(threads)
+
+    def work(t):
+        key = ("si8", "si16")[t % 2]
+        barrier.wait()
+        for k in range(repeats):
+            try:
+                got = run_with_layers(calc, cells[key])
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
+                problems.append(f"thread {t} ({key}) call {k}: {type(exc).__name__}: {exc}")
+                continue
+            if not same(got, expected[key]):
+                problems.append(f"thread {t} ({key}) call {k}: energy {got['energy']:.6f}, forces {np.shape(got['forces'])}; expected {expected[key]['energy']:.6f}")
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=600)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in pool), "a thread hung"
+    return problems
+
+
+@pytest.mark.parametrize("name", ["chgnet", "mace+softening", "mace+ltau", "mace+rewiring"])
+def test_one_calculator_six_threads(request, name):
+    """6 threads x 5 calls on one calculator (ASE's get_* calls) give exactly the serial results.
+
+    Before, ``calculate()`` wrote ``self.atoms``/``self.results`` with no lock, so a
+    16-atom cell could get the 8-atom cell's energy and an (8, 3) force array.
+    """
+    from .conftest import build_calculator
+
+    calc = build_calculator(request, name)
+    assert hammer_one(calc) == []
+
+
+def test_ltau_layer_is_reentrant(request):
+    """Concurrent ``evaluate`` calls on one on-demand LTAU calculator, some asking for the uncertainty.
+
+    The layer kept what it learnt in ``before`` (descriptors asked for? uncertainty
+    wanted?) on itself until ``after``; a concurrent call in between changed it, so
+    a call that asked for the uncertainty could get none, or get the descriptors
+    it did not ask for.
+    """
+    from mlff_calc.layers.ltau import LTAULayer
+
+    from .conftest import build_calculator
+
+    base = build_calculator(request, "mace+ltau")
+    calc = MLFFCalculator(base.adapter, layers=[LTAULayer(base.layers[0].ltau, on_demand=True)])
+    cells = si_cells()
+    asks = {"plain": ("energy", "forces"), "uq": ("energy", "forces", "forces_uncertainty"), "desc": ("energy", "descriptors")}
+    expected = {(key, ask): calc.evaluate([atoms], props)[0] for key, atoms in cells.items() for ask, props in asks.items()}
+    assert "forces_uncertainty" not in expected["si8", "plain"] and "descriptors" not in expected["si8", "uq"]
+    problems: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def work(t):
+        key, ask = ("si8", "si16")[t % 2], tuple(asks)[t % 3]
+        barrier.wait()
+        for k in range(5):
+            got = calc.evaluate([cells[key]], asks[ask])[0]
+            if sorted(got) != sorted(expected[key, ask]) or not same(got, expected[key, ask]):
+                problems.append(f"thread {t} {key}/{ask} call {k}: keys {sorted(got)}")
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=600)
+    finally:
+        sys.setswitchinterval(interval)
+    assert problems == []

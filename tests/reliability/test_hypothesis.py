@@ -240,3 +240,45 @@ def test_random_structures_finite_or_clear_error(any_calc, data):
                 "when one atom moved by a lattice vector"
             )
     note(f"{name}: evaluated {len(atoms)} atoms in {time.perf_counter() - start:.2f} s")
+
+
+@settings(PROFILE, max_examples=min(PROFILE.max_examples, 5))
+@given(data=st.data())
+def test_random_structures_from_threads_equal_serial(any_calc, data):
+    """Three threads share one calculator, each on its own random structure: results (or errors) as serial."""
+    import threading
+
+    name, calc = any_calc
+    elements = tuple(sorted(calc.adapter.elements))
+    drawn = [data.draw(structures(elements, ()), label=f"structure {k}") for k in range(3)]
+    assume(all(graph_is_affordable(atoms, calc.adapter.cutoff) for atoms in drawn))
+
+    def outcome(atoms):
+        try:
+            return evaluate(calc, atoms)
+        except MLFFError as exc:
+            return type(exc).__name__
+
+    with alarm(ALARM_S):
+        serial = [outcome(atoms) for atoms in drawn]
+    got: dict = {}
+    barrier = threading.Barrier(len(drawn))
+
+    def work(k):
+        barrier.wait()
+        got[k] = [outcome(drawn[k]) for _ in range(2)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(drawn))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=ALARM_S)
+    assert not any(t.is_alive() for t in threads), f"{name}: a thread hung"
+    for k, want in enumerate(serial):
+        for res in got[k]:
+            if isinstance(want, str):
+                assert res == want, f"{name}: structure {k} raised {want} alone, gave {res} in a thread"
+            else:
+                assert not isinstance(res, str) and res.keys() == want.keys(), f"{name}: structure {k}: {res}"
+                for key in want:
+                    assert np.array_equal(res[key], want[key]), f"{name}: structure {k} {key} differs in a thread"

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .base import error_text
+from ..executors.base import error_text
 
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³ (Voigt-6, positive is tensile)", "frequency": "THz", "wall_s": "s", "softening": "dimensionless (model/DFT force slope)", "mae": "eV/Å"}
 
@@ -117,7 +117,8 @@ def _phonons_one(calc, atoms, params):
 
 def _softening_one(calc, atoms, params):
     """Softening of the model against the DFT forces stored with the structure (extxyz ``forces``, ``dft_forces``, ...)."""
-    from ..softening import DFTDataset, dft_structure, measure
+    from ..data.dft import DFTDataset, dft_structure
+    from ..softening.measure import measure
 
     labelled = dft_structure(atoms, "structures:0")
     report = measure(calc, DFTDataset([labelled], "screen"), subtract_reference=False)

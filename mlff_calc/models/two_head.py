@@ -1,4 +1,4 @@
-"""Two heads on one backbone: :class:`PriorHead` and :class:`TwoHeadModel`.
+"""Two heads on one backbone (test-time training, :mod:`mlff_calc.ttt`): :class:`PriorHead` and :class:`TwoHeadModel`.
 
 The reference head is the wrapped model itself (a student, CHGNet, M3GNet or
 MACE). The prior head is a small MLP on per-atom features taken from the same
@@ -31,8 +31,11 @@ import torch
 from ase import Atoms
 
 from ..errors import ArtifactError, ConfigurationError
-from ..models.base import Forward, ModelAdapter
-from .priors import prior_spec
+from .base import Forward, ModelAdapter
+from .family import Family, folder_with, register
+from .identity import model_identity
+from .student import StudentAdapter
+from .weights_file import read_bound, write_bound
 
 HEAD_FORMAT = "mlff_calc.prior_head"
 HEAD_VERSION = 1
@@ -85,7 +88,7 @@ class TwoHeadModel(ModelAdapter):
         super().__init__(base.module, model_id=base.model_id, device=base.device, dtype=base.dtype, cutoff=base.cutoff, elements=base.elements, source=base.source, sha256=base.sha256)
         self.base = base
         self.prior_head = prior_head.to(device=base.device, dtype=base.dtype)
-        self.prior = prior_spec(prior)
+        self.prior = _prior_spec(prior)
         groups = base.parameter_groups()
         unknown = [g for g in adapt_groups if g not in groups]
         if unknown or not adapt_groups:
@@ -94,11 +97,18 @@ class TwoHeadModel(ModelAdapter):
         self.experimental = bool(experimental)
         self.head = "reference"
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("module")  # the base adapter's module, pickled (or rebuilt) with the base
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.module = self.base.module
+
     @classmethod
     def load(cls, path, *, device="auto", dtype=None, model_id=None) -> "TwoHeadModel":
         """A two-head student folder (:func:`~mlff_calc.ttt.save_ttt_student`: student files + ``prior_head.json``)."""
-        from ..models.student import StudentAdapter
-
         return load_head(StudentAdapter.load(path, device=device, dtype=dtype), path)
 
     @contextlib.contextmanager
@@ -149,7 +159,7 @@ def invariant_width(adapter: ModelAdapter, probe: Atoms) -> int:
 
 def first_layer_columns(adapter: ModelAdapter) -> list[int]:
     """Descriptor columns written by the first interaction of a MACE-family model."""
-    from ..models.mace import _invariant_columns
+    from .mace import _invariant_columns
 
     module = adapter.module
     dim0 = module.products[0].linear.irreps_out.dim
@@ -159,53 +169,16 @@ def first_layer_columns(adapter: ModelAdapter) -> list[int]:
 # artifact --------------------------------------------------------------------------
 
 
-def write_bound(folder, *, manifest_name: str, weights_name: str, state: dict, fmt: str, version: int, base_model: dict, **fields) -> Path:
-    """Write ``state`` (tensors) and a manifest binding it to ``base_model`` into ``folder``, atomically."""
-    from .._version import __version__
-    from ..artifacts import atomic_path, sha256_file, write_json
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / weights_name
-    with atomic_path(weights) as tmp:
-        torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, tmp)
-    manifest = {"format": fmt, "format_version": version, "mlff_calc_version": __version__, "base_model": base_model, **fields, "weights": {"file": weights_name, "sha256": sha256_file(weights)}}
-    write_json(folder / manifest_name, manifest)
-    return folder / manifest_name
-
-
-def read_bound(folder, *, manifest_name: str, fmt: str, version: int, kind: str, base_sha: str, foreign: str) -> tuple[dict, dict]:
-    """``(manifest, state)`` written by :func:`write_bound`, checked before use.
-
-    Refused with ArtifactError: a corrupt or wrong-format manifest; a ``base_model``
-    whose sha256 is not ``base_sha`` (message ``foreign``, formatted with ``folder``
-    and the recorded ``model_id``); weights that are missing or differ from their sha256.
-    """
-    from ..artifacts import check_manifest, read_json, sha256_file
-
-    folder = Path(folder)
-    path = folder / manifest_name
-    manifest = read_json(path, kind=f"{kind} manifest")
-    check_manifest(manifest, fmt=fmt, versions=(version,), path=path)
-    bound = manifest.get("base_model") or {}
-    if bound.get("sha256") != base_sha:
-        raise ArtifactError(foreign.format(folder=folder, model_id=bound.get("model_id")))
-    file = folder / manifest["weights"]["file"]
-    if not file.is_file() or sha256_file(file) != manifest["weights"]["sha256"]:
-        raise ArtifactError(f"{kind} weights {file} are missing or do not match the sha256 in {path}")
-    return manifest, torch.load(file, map_location="cpu", weights_only=True)
-
-
 def save_head(model: TwoHeadModel, folder) -> Path:
     """Write ``prior_head.json`` + ``prior_head.pt`` into ``folder`` atomically."""
-    base_model = {"model_id": model.model_id, "sha256": _base_sha(model.base)}
+    base_model = model_identity(model.base)
     return write_bound(folder, manifest_name=HEAD_MANIFEST, weights_name=HEAD_WEIGHTS, state=model.prior_head.state_dict(), fmt=HEAD_FORMAT, version=HEAD_VERSION, base_model=base_model, **model.describe_heads())
 
 
 def load_head(base: ModelAdapter, folder) -> TwoHeadModel:
     """``base`` with the prior head saved in ``folder``; refused if it belongs to another model."""
     foreign = "the prior head in {folder} was trained for {model_id!r}, not for " + repr(base.model_id) + " (weights differ); train a head for this model"
-    manifest, state = read_bound(folder, manifest_name=HEAD_MANIFEST, fmt=HEAD_FORMAT, version=HEAD_VERSION, kind="prior head", base_sha=_base_sha(base), foreign=foreign)
+    manifest, state = read_bound(folder, manifest_name=HEAD_MANIFEST, fmt=HEAD_FORMAT, version=HEAD_VERSION, kind="prior head", base_model=model_identity(base), foreign=foreign)
     try:
         cfg = manifest["head"]
         head = PriorHead(cfg["columns"], hidden=cfg["hidden"], seed=cfg.get("seed", 0))
@@ -215,7 +188,12 @@ def load_head(base: ModelAdapter, folder) -> TwoHeadModel:
     return TwoHeadModel(base, head, prior=manifest["prior"], adapt_groups=manifest["adapt_groups"], experimental=bool(manifest.get("experimental")))
 
 
-def _base_sha(adapter: ModelAdapter) -> str:
-    from ..models.identity import weights_sha256
+def _prior_spec(prior) -> dict:
+    """``"emt"`` or ``{"name", "params"}`` as plain data (which priors exist is mlff_calc.ttt.priors' to check)."""
+    spec = {"name": prior, "params": {}} if isinstance(prior, str) else {"name": prior.get("name"), "params": dict(prior.get("params") or {})}
+    if not isinstance(spec["name"], str):
+        raise ConfigurationError(f"a prior is a name or {{'name': ..., 'params': {{...}}}}, not {prior!r}")
+    return spec
 
-    return weights_sha256(adapter)
+
+register(Family("ttt_student", TwoHeadModel, folder_with("student.json", HEAD_MANIFEST), "a two-head student (student.json + prior_head.json)", folder=True, precedence=1))
