@@ -101,11 +101,27 @@ def default_threads(n_atoms: int | None) -> int:
     return max(1, min(MAX_DEFAULT_THREADS, idle, n_atoms // ATOMS_PER_THREAD))
 
 
-def progress_bar(iterable=None, *, total=None, desc: str = "", enabled: bool | None = None):
-    """A tqdm bar; ``enabled=None`` shows it only on a terminal."""
+def progress_bar(iterable=None, *, total=None, desc: str = "", enabled: bool | None = None, unit: str = "it"):
+    """The one progress bar of mlff_calc: tqdm on stderr, with the time per step.
+
+    ``enabled=None`` shows it only when stderr is a terminal (:func:`on_terminal`),
+    so logs, pipes and CI stay clean. Callers add their status (step, T, E, ...)
+    with ``bar.set_postfix``.
+    """
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=None if enabled is None else not enabled, leave=False)
+    enabled = on_terminal() if enabled is None else bool(enabled)
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, unit=unit, mininterval=0.5, file=sys.stderr)
+
+
+def on_terminal() -> bool:
+    """Whether stderr (where progress bars go) is an interactive terminal."""
+    import sys
+
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def has_batched_evaluate(calc) -> bool:

@@ -161,10 +161,18 @@ def md_traces(
     return save_png(fig, path)
 
 
-def eos_curves(path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], *, title: str = "") -> Path:
+def eos_curves(
+    path,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    references: Mapping[str, tuple[str, np.ndarray, np.ndarray]] | None = None,
+    title: str = "",
+) -> Path:
     """Several E(V) curves per atom on one plot, each shifted to its minimum.
 
     ``curves[name] = (volumes_A3_per_atom, energies_eV_per_atom, fit_volumes, fit_energies)``.
+    ``references[name] = (label, volumes_A3_per_atom, energies_eV_per_atom)``: e.g. a
+    PBE equation of state of the same crystal, drawn dashed in the colour of ``curves[name]``.
     """
     fig = new_figure(5.5, 4.2)
     ax = fig.add_subplot()
@@ -172,10 +180,13 @@ def eos_curves(path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarr
         e_min = float(np.min(e_fit))
         ax.plot(v_fit, np.asarray(e_fit) - e_min, "-", color=f"C{k}", label=name)
         ax.plot(v, np.asarray(e) - e_min, "o", color=f"C{k}", ms=4)
+    colours = {name: f"C{k}" for k, name in enumerate(curves)}
+    for name, (label, v, e) in (references or {}).items():
+        ax.plot(v, np.asarray(e) - float(np.min(e)), "--", color=colours.get(name, "0.4"), lw=1.0, label=label)
     ax.set_xlabel("volume (Å³/atom)")
     ax.set_ylabel("E − E0 (eV/atom)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
     return save_png(fig, path)
 
 

@@ -83,22 +83,11 @@ def run(args) -> int:
     )
     res = wf.run()
     outputs = {"defect": wf.write_defect()}
-    results = {
-        "formula": atoms.get_chemical_formula(),
-        "kind": res.kind,
-        "formation_energy_eV": res.formation_energy_eV,
-        "defect_energy_eV": res.defect_energy_eV,
-        "host_energy_eV": res.host_energy_eV,
-        "delta_n": res.delta_n,
-        "chemical_potentials_eV": res.chemical_potentials_eV,
-        "n_atoms_host": res.n_atoms_host,
-        "relaxed": res.relaxed,
-        "relax_converged": res.relax_converged,
-        "notes": res.notes,
-    }
+    results = res.to_dict() | {"input_formula": atoms.get_chemical_formula()}
     summary = write_summary(args, calc, name="defect", started=started, outputs=outputs, results=results, units=UNITS | {"chemical_potential": "eV/atom"})
     change = ", ".join(f"{'+' if n > 0 else ''}{n} {el}" for el, n in res.delta_n.items())
-    print(f"{res.kind} in {results['formula']} ({res.n_atoms_host}-atom host, {change}){', relaxed' if res.relaxed else ''}")
+    repeat = "x".join(str(n) for n in args.supercell)
+    print(f"{res.kind} in {res.host_formula} ({repeat} supercell of {results['input_formula']}, {change}){', relaxed' if res.relaxed else ''}")
     print(f"  E_f = {res.formation_energy_eV:.4f} eV")
     for el, value in res.chemical_potentials_eV.items():
         print(f"  μ({el}) = {value:.4f} eV/atom")

@@ -66,11 +66,13 @@ def main(argv=None) -> int:
     args._argv = argv
     setup_logging(args.verbose)
     try:
+        from ._warnings import quiet_third_party_warnings
         from .options import apply_config, check_outputs
 
         args = apply_config(args, args._parser)
         check_outputs(args)
-        return int(args._run(args) or 0)
+        with quiet_third_party_warnings():
+            return int(args._run(args) or 0)
     except MLFFError as exc:
         print(f"mlff-calc {args.verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -59,93 +59,14 @@ def supercell_matrix(values):
     raise ConfigurationError(f"--supercell takes 3 or 9 integers, got {len(values)}: {values}")
 
 
-def special_point_frequencies(labels, band_frequencies_THz, path_connections) -> dict[str, float]:
-    """The highest frequency (THz) at each labelled end of the band path, e.g. Γ, X, L (first occurrence).
-
-    Arguments as in PhononResult: ``band_labels``, ``band_frequencies_THz``, ``band_path_connections``.
-    """
-    from ..workflows.phonons import _pretty
-
-    names = [_pretty(label) for label in labels]
-    out: dict[str, float] = {}
-    k = 0
-    for i, freqs in enumerate(band_frequencies_THz):
-        ends = [freqs[0]] if i == 0 or not path_connections[i - 1] else []
-        ends.append(freqs[-1])
-        for f in ends:
-            if k < len(names):
-                out.setdefault(names[k], float(max(f)))
-            k += 1
-    return out
-
-
 def bands_dos_plot(wf, path, reference=None, *, title: str | None = None, label: str = "model", reference_label: str = "reference") -> Path:
-    """Bands and DOS of a run :class:`~mlff_calc.workflows.phonons.Phonons` with an optional reference overlay.
-
-    ``reference``: a Phonopy object with force constants, or a folder/yaml for
-    :func:`~mlff_calc.workflows.phonons.load_phonopy_reference`. It must share the
-    primitive cell's orientation (true when the workflow was built from it).
-    """
-    from ..plots import phonon_bands_dos
-    from ..workflows.phonons import (
-        _band_ticks,
-        _reference_bands,
-        load_phonopy_reference,
-    )
-
-    res = wf.result
-    ref_bands = ref_dos = None
-    if isinstance(reference, (str, Path)):
-        reference = load_phonopy_reference(reference)
-    if reference is not None:
-        ref_bands = _reference_bands(reference, wf.phonon, res)
-        reference.run_mesh(list(wf.mesh), is_gamma_center=True)
-        reference.run_total_dos()
-        dos = reference.get_total_dos_dict()
-        ref_dos = (dos["frequency_points"], dos["total_dos"])
-    ticks, tick_labels = _band_ticks(res)
-    return phonon_bands_dos(
-        path,
-        band_distances=res.band_distances,
-        band_frequencies_THz=res.band_frequencies_THz,
-        ticks=ticks,
-        tick_labels=tick_labels,
-        dos_frequencies_THz=res.dos_frequencies_THz,
-        dos_states_per_THz=res.dos_states_per_THz,
-        reference_band_frequencies_THz=ref_bands,
-        reference_dos=ref_dos,
-        label=label,
-        reference_label=reference_label,
-        title=title or wf.atoms.get_chemical_formula(mode="metal", empirical=True),
-    )
+    """Bands and DOS of a run Phonons workflow, with an optional reference overlay (see ``Phonons.plot_bands``)."""
+    return wf.plot_bands(path, reference, label=label, reference_label=reference_label, title=title, dos=True)
 
 
 def phonon_results(wf, res) -> dict:
     """Plain numbers of a PhononResult for a summary (thermal properties at 300 K when computed)."""
-    import numpy as np
-
-    out = {
-        "formula": wf.atoms.get_chemical_formula(),
-        "n_atoms_unit_cell": len(wf.atoms),
-        "n_atoms_supercell": len(wf.phonon.supercell),
-        "supercell_matrix": np.asarray(wf.phonon.supercell_matrix).tolist(),
-        "n_displacements": res.n_displacements,
-        "nac": wf.phonon.nac_params is not None,
-        "min_frequency_THz": res.min_frequency_THz,
-        "max_frequency_THz": res.max_frequency_THz,
-        "has_imaginary_modes": res.has_imaginary_modes,
-        "highest_branch_THz": special_point_frequencies(res.band_labels, res.band_frequencies_THz, res.band_path_connections),
-        "max_residual_force_eV_per_A": res.max_residual_force_eV_per_A,
-    }
-    at = np.flatnonzero(np.isclose(res.temperatures_K, 300.0))
-    if at.size:
-        i = int(at[0])
-        out["thermal_300K"] = {
-            "free_energy_kJ_per_mol": float(res.free_energy_kJ_per_mol[i]),
-            "entropy_J_per_K_per_mol": float(res.entropy_J_per_K_per_mol[i]),
-            "heat_capacity_J_per_K_per_mol": float(res.heat_capacity_J_per_K_per_mol[i]),
-        }
-    return out
+    return {"formula": wf.atoms.get_chemical_formula(), "n_atoms_unit_cell": len(wf.atoms)} | res.to_dict()
 
 
 def run(args) -> int:
@@ -230,7 +151,7 @@ def eval_fraction(text: str) -> float:
 
 def _reference_special_points(wf, reference) -> dict[str, float]:
     """The reference's highest branch at our band path's labelled points."""
-    from ..workflows.phonons import _reference_bands
+    from ..workflows.phonons import _reference_bands, special_point_frequencies
 
     res = wf.result
     return special_point_frequencies(res.band_labels, _reference_bands(reference, wf.phonon, res), res.band_path_connections)

@@ -51,20 +51,8 @@ def run(args) -> int:
     )
     res = wf.run()
     outputs = {"trajectory": wf.output_files["trajectory"], "structure": wf.write_structure()}
-    results = {
-        "formula": atoms.get_chemical_formula(),
-        "n_atoms": len(atoms),
-        "energy_eV": res.energy,
-        "energy_per_atom_eV": res.energy / len(atoms),
-        "converged": res.converged,
-        "n_steps": res.n_steps,
-        "max_force_eV_per_A": res.max_force_eV_per_A,
-        "lattice_parameters": res.lattice_parameters,
-        "initial_lattice_parameters": {k: float(v) for k, v in zip(("a", "b", "c", "alpha", "beta", "gamma"), atoms.cell.cellpar())},
-        "spacegroup": res.spacegroup,
-        "stress_GPa": res.stress_GPa,
-        "energies_eV": res.energies,
-    }
+    results = res.to_dict() | {"initial_lattice_parameters": {k: float(v) for k, v in zip(("a", "b", "c", "alpha", "beta", "gamma"), atoms.cell.cellpar())}}
+    results["energy_eV"], results["energies_eV"] = results.pop("energy"), results.pop("energies")
     summary = write_summary(args, calc, name="relax", started=started, outputs=outputs, results=results, units=UNITS | {"angles": "degree", "volume": "Å³"})
     lp = res.lattice_parameters
     print(f"{results['formula']}: {'converged' if res.converged else 'NOT converged'} after {res.n_steps} steps (fmax {args.fmax} eV/Å)")

@@ -22,9 +22,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import ase.io
-    from tqdm import tqdm
 
-    from .._runtime import snapshot
+    from .._runtime import progress_bar, snapshot
     from ..artifacts import atomic_path, write_json
     from .options import load_calculator, read_frames, run_summary
 
@@ -33,7 +32,7 @@ def run(args) -> int:
     calc = load_calculator(args, n_atoms=max(sum(len(a) for a in frames[i : i + args.batch_size]) for i in range(0, len(frames), args.batch_size)))
     out_xyz = args.out_dir / f"{args.structures.stem}-results.extxyz"
     results = []
-    for start in tqdm(range(0, len(frames), args.batch_size), desc="singlepoint", unit="batch", disable=len(frames) <= args.batch_size):
+    for start in progress_bar(range(0, len(frames), args.batch_size), desc="singlepoint", unit="batch", enabled=None if len(frames) > args.batch_size else False):
         chunk = frames[start : start + args.batch_size]
         props = ("energy", "forces", "stress") if all(a.pbc.all() for a in chunk) else ("energy", "forces")
         results.extend(calc.evaluate(chunk, props))
@@ -49,7 +48,8 @@ def run(args) -> int:
         ase.io.write(tmp, frames, format="extxyz")
     table = [{"index": i, "formula": a.get_chemical_formula(), "energy_eV": r["energy"], "energy_per_atom_eV": r["energy"] / len(a)} for i, (a, r) in enumerate(zip(frames, results))]
     summary_path = args.out_dir / "singlepoint-summary.json"
-    write_json(summary_path, run_summary(args, calc, started=started, outputs={"structures": out_xyz, "summary": summary_path}, results={"frames": table}))
+    units = {"energy": "eV", "energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³ (Voigt order xx yy zz yz xz xy)"}
+    write_json(summary_path, run_summary(args, calc, started=started, outputs={"structures": out_xyz, "summary": summary_path}, results={"frames": table}, units=units))
     for row in table:
         print(f"{row['index']:>5}  {row['formula']:<16} {row['energy_eV']:>14.6f} eV  {row['energy_per_atom_eV']:>10.6f} eV/atom")
     print(f"wrote {out_xyz} and {summary_path}")

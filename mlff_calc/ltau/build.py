@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .._runtime import progress_bar
 from ..artifacts import read_npz, sha256_file
 from ..data.error_log import check_binding
 from ..errors import ArtifactError, ConfigurationError
@@ -37,7 +38,7 @@ def _structures_by_index(training_structures) -> Mapping[int, object]:
 def compute_descriptors(adapter, structures: Sequence, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """``(descriptors [N, d] float32, numbers [N])`` of all atoms, structure after structure."""
     desc, numbers = [], []
-    for start in range(0, len(structures), batch_size):
+    for start in progress_bar(range(0, len(structures), batch_size), desc="ltau: descriptors", unit="batch"):
         chunk = list(structures[start : start + batch_size])
         for atoms, res in zip(chunk, adapter.evaluate(chunk, ("energy", "descriptors"), min_distance=None)):
             if "descriptors" not in res:
@@ -50,7 +51,7 @@ def compute_descriptors(adapter, structures: Sequence, *, batch_size: int = 16) 
 def reference_force_errors(adapter, structures: Sequence, reference_forces: Sequence[np.ndarray], *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One forward pass per batch: ``(descriptors, numbers, |F_model - F_ref| per atom, F_model)``."""
     desc, numbers, errs, forces = [], [], [], []
-    for start in range(0, len(structures), batch_size):
+    for start in progress_bar(range(0, len(structures), batch_size), desc="ltau: calibration", unit="batch"):
         chunk = list(structures[start : start + batch_size])
         for j, (atoms, res) in enumerate(zip(chunk, adapter.evaluate(chunk, ("energy", "forces", "descriptors"), min_distance=None))):
             ref = np.asarray(reference_forces[start + j], dtype=np.float64)

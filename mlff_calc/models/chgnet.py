@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -60,9 +61,11 @@ class CHGNetAdapter(ModelAdapter):
                     module = CHGNet.from_file(path, use_device="cpu", verbose=False)
             except (OSError, KeyError, RuntimeError, ValueError) as exc:
                 raise ModelLoadError(f"could not load a CHGNet model from {path or version!r}: {exc}") from exc
-        if path is None:
-            return cls(module, model_id=f"chgnet-{version}", device=device, dtype=dtype, source=f"chgnet wheel ({version})")
         from ..artifacts import sha256_file
+
+        if path is None:
+            weights = wheel_weights(version)
+            return cls(module, model_id=f"chgnet-{version}", device=device, dtype=dtype, source=f"chgnet wheel ({version})", sha256=sha256_file(weights) if weights else None)
 
         return cls(module, model_id=f"chgnet:{path}", device=device, dtype=dtype, source=str(path), sha256=sha256_file(path))
 
@@ -150,3 +153,11 @@ class CHGNetAdapter(ModelAdapter):
 
 
 register(Family("chgnet", CHGNetAdapter, file_ending(".pth.tar", ".pth"), "a CHGNet checkpoint (*.pth.tar)"))
+
+
+def wheel_weights(version: str):
+    """The checkpoint file of ``version`` inside the installed chgnet package (what ``CHGNet.load`` reads), or None."""
+    import chgnet
+
+    files = sorted((Path(chgnet.__file__).parent / "pretrained" / version).glob("*.pth.tar"))
+    return files[0] if len(files) == 1 else None

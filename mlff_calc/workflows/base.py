@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+from ase import Atoms
 from ase.io import write
 
 from ..artifacts import atomic_path, write_json
@@ -39,3 +42,26 @@ class Workflow:
         path = Path(path)
         write_json(path, {"workflow": self.name, "parameters": parameters, "calculator": dict(getattr(self.calc, "parameters", None) or {}), "result": result, "units": units, **extra})
         return path
+
+
+def result_dict(result, *, skip: tuple[str, ...] = ()) -> dict:
+    """The fields of a result dataclass as plain data (structures left out, arrays as lists)."""
+    out = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if f.name in skip or isinstance(value, Atoms):
+            continue
+        out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -19,7 +19,7 @@ from ase.geometry import get_distances
 
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, evaluate_structures, output_path
-from .base import Workflow
+from .base import Workflow, result_dict
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ class DefectResult:
     relaxed: bool
     relax_converged: bool | None = None
     notes: list[str] = field(default_factory=list)
+    host_formula: str = ""  # the host supercell, e.g. Si16 for a 2x2x2 repeat of Si2
+    supercell: list | None = None
+
+    def to_dict(self) -> dict:
+        return {"formula": self.host_formula} | result_dict(self) | {"defect_formula": self.defect.get_chemical_formula()}
 
 
 class PointDefect(Workflow):
@@ -184,8 +189,10 @@ class PointDefect(Workflow):
             relaxed=self.relax,
             relax_converged=converged,
             notes=list(self._notes),
+            host_formula=host.get_chemical_formula(),
+            supercell=np.asarray(self.supercell).tolist(),
         )
-        log.info("%s in %s (%d-atom host): E_f = %.4f eV", self.kind, self.bulk_atoms.get_chemical_formula(), len(host), e_f)
+        log.info("%s in %s (host supercell of %s): E_f = %.4f eV", self.kind, host.get_chemical_formula(), self.bulk_atoms.get_chemical_formula(), e_f)
         return self.result
 
     def _reference_structures(self, delta_n: dict[str, int], host: Atoms) -> dict[str, Atoms | None]:
@@ -231,16 +238,7 @@ class PointDefect(Workflow):
                 "relax": self.relax,
                 "fmax_eV_per_A": self.fmax_eV_per_A,
             },
-            result={
-                "formation_energy_eV": res.formation_energy_eV,
-                "defect_energy_eV": res.defect_energy_eV,
-                "host_energy_eV": res.host_energy_eV,
-                "delta_n": res.delta_n,
-                "chemical_potentials_eV": res.chemical_potentials_eV,
-                "n_atoms_host": res.n_atoms_host,
-                "relax_converged": res.relax_converged,
-                "notes": res.notes,
-            },
+            result=res.to_dict(),
             units=UNITS | {"chemical_potential": "eV/atom"},
         )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ..artifacts import atomic_path
 from ..errors import ArtifactError, ConfigurationError
 from . import UNITS, default_prefix, output_path, progress_bar, snapshot
-from .base import Workflow
+from .base import Workflow, result_dict
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,26 @@ ENSEMBLES = {"nve": _nve, "nvt-langevin": _langevin, "nvt-nose-hoover": _nose_ho
 
 @dataclass
 class MDResult:
-    """Outcome of :meth:`MolecularDynamics.run`. ``log`` maps each of LOG_COLUMNS to an array."""
+    """Outcome of :meth:`MolecularDynamics.run`. ``log`` maps each of LOG_COLUMNS to an array.
+
+    The E_tot drift is a check of energy conservation, so it is given for NVE only
+    (``None`` with a thermostat or barostat, which exchange energy by design).
+    """
 
     atoms: Atoms
     n_steps: int
     log: dict[str, np.ndarray] = field(default_factory=dict)
-    drift_eV_per_atom_per_ps: float = float("nan")
+    drift_eV_per_atom_per_ps: float | None = float("nan")
     mean_temperature_K: float = float("nan")
+    ensemble: str = "nve"
+    max_abs_drift_eV_per_atom: float | None = None
+
+    def to_dict(self) -> dict:
+        out = {"formula": self.atoms.get_chemical_formula(), "n_atoms": len(self.atoms), "n_log_rows": len(self.log.get("step", ()))} | result_dict(self)
+        if self.ensemble != "nve":
+            out = {k: v for k, v in out.items() if "drift" not in k}
+            out["log"] = {k: v for k, v in out["log"].items() if "drift" not in k}
+        return out
 
 
 class MolecularDynamics(Workflow):
@@ -258,9 +272,15 @@ class MolecularDynamics(Workflow):
                 self.trajectory.parent.mkdir(parents=True, exist_ok=True)
                 traj_fh = stack.enter_context(open(self.trajectory, "w"))
 
+            clock = [time.perf_counter(), dyn.nsteps]
+
             def log_step():
                 row = self._row(work, self.step_offset + dyn.nsteps, e_tot0)
                 rows.append(row)
+                now, steps = time.perf_counter(), dyn.nsteps - clock[1]
+                if steps:
+                    bar.set_postfix_str(f"step {row['step']}, T={row['T_K']:.0f} K, E={row['E_pot_eV'] / len(work):.4f} eV/atom, {1e3 * (now - clock[0]) / steps:.0f} ms/step", refresh=False)
+                clock[:] = [now, dyn.nsteps]
                 log_fh.write(" ".join(f"{row[c]:d}" if c == "step" else f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
                 log_fh.flush()
 
@@ -268,35 +288,36 @@ class MolecularDynamics(Workflow):
                 write(traj_fh, self._frame(work, self.step_offset + dyn.nsteps), format="extxyz")
                 traj_fh.flush()
 
+            bar = stack.enter_context(progress_bar(total=self.steps, desc=f"md {self.ensemble}", enabled=self.progress, unit="step"))
             dyn.attach(log_step, interval=self.log_interval)
             if traj_fh is not None:
                 dyn.attach(write_frame, interval=self.traj_interval)
             if self.restart_interval:
                 dyn.attach(lambda: self.write_restart(work=work, step=self.step_offset + dyn.nsteps), interval=int(self.restart_interval))
-            bar = stack.enter_context(progress_bar(total=self.steps, desc=f"md {self.ensemble}", enabled=self.progress))
             for _ in dyn.irun(self.steps):
                 if dyn.nsteps:
                     bar.update(1)
+            bar.refresh()  # the final status, drawn even when the run was shorter than the bar's refresh interval
         final_step = self.step_offset + dyn.nsteps
         self.write_restart(work=work, step=final_step)
         table = {c: np.array([r[c] for r in rows]) for c in LOG_COLUMNS}
         table["step"] = table["step"].astype(int)
-        drift_rate = float(np.polyfit(table["time_ps"], table["drift_eV_per_atom"], 1)[0]) if len(rows) > 1 else float("nan")
+        nve = self.ensemble == "nve"
+        drift_rate = max_drift = None
+        if nve:
+            drift_rate = float(np.polyfit(table["time_ps"], table["drift_eV_per_atom"], 1)[0]) if len(rows) > 1 else float("nan")
+            max_drift = float(np.max(np.abs(table["drift_eV_per_atom"]))) if rows else float("nan")
         self.result = MDResult(
             atoms=self._frame(work, final_step),
             n_steps=int(dyn.nsteps),
             log=table,
             drift_eV_per_atom_per_ps=drift_rate,
             mean_temperature_K=float(np.mean(table["T_K"])),
+            ensemble=self.ensemble,
+            max_abs_drift_eV_per_atom=max_drift,
         )
-        log.info(
-            "md %s %s: %d steps, <T> = %.1f K, drift %.3g eV/atom/ps",
-            self.ensemble,
-            work.get_chemical_formula(),
-            dyn.nsteps,
-            self.result.mean_temperature_K,
-            drift_rate,
-        )
+        drift_text = f", E_tot drift {drift_rate:.3g} eV/atom/ps" if nve else ""
+        log.info("md %s %s: %d steps, <T> = %.1f K%s", self.ensemble, work.get_chemical_formula(), dyn.nsteps, self.result.mean_temperature_K, drift_text)
         return self.result
 
     def write_restart(self, path=None, *, work: Atoms | None = None, step: int | None = None) -> Path:
@@ -323,7 +344,7 @@ class MolecularDynamics(Workflow):
                 "seed": self.seed,
                 "step_offset": self.step_offset,
             },
-            result={"n_steps": res.n_steps, "drift_eV_per_atom_per_ps": res.drift_eV_per_atom_per_ps, "mean_temperature_K": res.mean_temperature_K},
+            result={k: v for k, v in res.to_dict().items() if k != "log"},
             units=UNITS,
             output_files={k: v for k, v in self.output_files.items() if v is not None},
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,15 +29,11 @@ from ase import Atoms
 from ..artifacts import atomic_path
 from ..data.phonopy import _beside, _displacements_only, _load_reference_yaml, _read_yaml, load_phonopy_reference, to_ase_atoms, to_phonopy_atoms  # noqa: F401 (re-exported)
 from ..errors import ArtifactError, ConfigurationError
-from .base import Workflow
+from .base import Workflow, result_dict
+from .phonopy_io import _AUTO_WARNING, _band_ticks, _pretty, _reference_bands, cell_widths, special_point_frequencies  # noqa: F401 (re-exported)
 from . import UNITS, default_prefix, evaluate_structures, output_path
 
 log = logging.getLogger(__name__)
-
-try:
-    from phonopy.structure.cells import PrimitiveMatrixAutoDefaultWarning as _AUTO_WARNING
-except ImportError:  # phonopy < 4
-    _AUTO_WARNING = None
 
 #: Γ, X, L of an fcc lattice in the reciprocal basis of the primitive vectors (0,½,½)a, (½,0,½)a, (½,½,0)a
 FCC_POINTS = {"G": (0.0, 0.0, 0.0), "X": (0.5, 0.0, 0.5), "L": (0.5, 0.5, 0.5)}
@@ -63,11 +59,46 @@ class PhononResult:
     min_frequency_THz: float
     max_frequency_THz: float
     max_residual_force_eV_per_A: float | None = None
+    n_atoms_supercell: int = 0
+    supercell_matrix: list | None = None
+    nac: bool = False
+    min_supercell_width_A: float = float("nan")  # shortest distance between opposite faces of the supercell
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def has_imaginary_modes(self) -> bool:
         """Any mode below -0.05 THz on the band path (small negative values near Γ are numerical noise)."""
         return self.min_frequency_THz < -0.05
+
+    @property
+    def highest_branch_THz(self) -> dict[str, float]:
+        """The highest frequency at each labelled end of the band path (first occurrence)."""
+        return special_point_frequencies(self.band_labels, self.band_frequencies_THz, self.band_path_connections)
+
+    def thermal_at(self, temperature_K: float) -> dict[str, float] | None:
+        """F, S and Cv at one of the computed temperatures, else None."""
+        at = np.flatnonzero(np.isclose(self.temperatures_K, temperature_K))
+        if not at.size:
+            return None
+        i = int(at[0])
+        return {
+            "free_energy_kJ_per_mol": float(self.free_energy_kJ_per_mol[i]),
+            "entropy_J_per_K_per_mol": float(self.entropy_J_per_K_per_mol[i]),
+            "heat_capacity_J_per_K_per_mol": float(self.heat_capacity_J_per_K_per_mol[i]),
+        }
+
+    def to_dict(self) -> dict:
+        """Scalars and labels (the arrays are in the phonopy yaml files)."""
+        arrays = ("force_constants", "band_qpoints", "band_distances", "band_frequencies_THz", "dos_frequencies_THz", "dos_states_per_THz")
+        thermal = ("temperatures_K", "free_energy_kJ_per_mol", "entropy_J_per_K_per_mol", "heat_capacity_J_per_K_per_mol")
+        out = result_dict(self, skip=arrays + thermal) | {"has_imaginary_modes": self.has_imaginary_modes, "highest_branch_THz": self.highest_branch_THz}
+        if self.thermal_at(300.0) is not None:
+            out["thermal_300K"] = self.thermal_at(300.0)
+        return out
+
+
+#: supercells narrower than this (Å) in some direction may miss force constants of longer range
+MIN_SUPERCELL_WIDTH_A = 10.0
 
 
 class Phonons(Workflow):
@@ -90,6 +121,11 @@ class Phonons(Workflow):
         ``"symfc"`` for random-displacement datasets).
     mesh: Γ-centred q-point mesh for DOS and thermal properties; ``band_npoints`` per band segment.
     t_min_K, t_max_K, t_step_K: temperatures of the thermal properties.
+    exclude_gamma_acoustic: leave the three acoustic modes at Γ (zero up to numerical
+        noise) out of the thermal-property sums.
+
+    A supercell narrower than :data:`MIN_SUPERCELL_WIDTH_A` in some direction is
+    logged as a warning and kept in ``result.warnings``.
     """
 
     name = "phonons"
@@ -116,6 +152,7 @@ class Phonons(Workflow):
         t_min_K: float = 0.0,
         t_max_K: float = 1000.0,
         t_step_K: float = 10.0,
+        exclude_gamma_acoustic: bool = True,
         prefix=None,
         progress: bool | None = None,
     ):
@@ -140,6 +177,7 @@ class Phonons(Workflow):
         self.mesh = tuple(int(m) for m in mesh)
         self.band_npoints = int(band_npoints)
         self.temperatures = (float(t_min_K), float(t_max_K), float(t_step_K))
+        self.exclude_gamma_acoustic = bool(exclude_gamma_acoustic)
         self.born_file = Path(born_file) if born_file is not None else None
         self.prefix = default_prefix(atoms, prefix)
         self.progress = progress
@@ -171,6 +209,13 @@ class Phonons(Workflow):
             len(self.phonon.supercell),
             ", with NAC" if self.phonon.nac_params else "",
         )
+        self.notes: list[str] = []
+        width = float(cell_widths(self.phonon.supercell.cell).min())
+        if width < MIN_SUPERCELL_WIDTH_A:
+            self.notes.append(
+                f"the supercell is {width:.2f} Å wide in its narrowest direction (< {MIN_SUPERCELL_WIDTH_A:g} Å): force constants of longer range are folded back; use a larger supercell",
+            )
+            log.warning("phonons %s: %s", atoms.get_chemical_formula(), self.notes[-1])
 
     # construction from reference data ---------------------------------------------
 
@@ -266,11 +311,14 @@ class Phonons(Workflow):
             ph.symmetrize_force_constants()
         ph.auto_band_structure(npoints=self.band_npoints)
         bands = ph.get_band_structure_dict()
-        ph.run_mesh(self.mesh, is_gamma_center=True)
-        ph.run_total_dos()
-        dos = ph.get_total_dos_dict()
         t_min, t_max, t_step = self.temperatures
-        ph.run_thermal_properties(t_min=t_min, t_max=t_max, t_step=t_step)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ph.run_mesh(self.mesh, is_gamma_center=True)
+            ph.run_total_dos()
+            ph.run_thermal_properties(t_min=t_min, t_max=t_max, t_step=t_step, exclude_gamma_acoustic=self.exclude_gamma_acoustic)
+        dos = ph.get_total_dos_dict()
+        notes = list(self.notes) + self._own_words(caught)
         thermal = ph.get_thermal_properties_dict()
         all_freqs = np.concatenate([np.ravel(f) for f in bands["frequencies"]])
         self.result = PhononResult(
@@ -290,10 +338,32 @@ class Phonons(Workflow):
             min_frequency_THz=float(all_freqs.min()),
             max_frequency_THz=float(all_freqs.max()),
             max_residual_force_eV_per_A=residual,
+            n_atoms_supercell=len(ph.supercell),
+            supercell_matrix=np.asarray(ph.supercell_matrix).tolist(),
+            nac=ph.nac_params is not None,
+            min_supercell_width_A=float(cell_widths(ph.supercell.cell).min()),
+            warnings=notes,
         )
         if self.result.has_imaginary_modes:
             log.warning("phonons %s: imaginary modes down to %.3f THz on the band path", self.atoms.get_chemical_formula(), self.result.min_frequency_THz)
         return self.result
+
+    def _own_words(self, caught) -> list[str]:
+        """phonopy's warnings advise its own flags; say what they mean in this workflow's terms (others pass on)."""
+        notes = []
+        for w in caught:
+            text = str(w.message)
+            if "far from zero" in text:
+                notes.append("the acoustic frequencies at Γ are far from zero (the force constants break translational invariance); use symmetrize_fc=True (--symmetrize-fc)")
+            elif "incompatible with the primitive-cell point group" in text or "not preserved by the primitive-cell point group" in text:
+                notes.append(f"mesh {list(self.mesh)} breaks the point-group symmetry of the primitive cell (slower DOS and thermal sums); give equal numbers, e.g. --mesh {max(self.mesh)} {max(self.mesh)} {max(self.mesh)}")
+            elif "acoustic mode" in text and "entered the thermal-property sums" in text:
+                continue  # only with exclude_gamma_acoustic=False, which asked for them
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            log.warning("phonons %s: %s", self.atoms.get_chemical_formula(), notes[-1])
+        return notes
 
     # queries -----------------------------------------------------------------------
 
@@ -342,11 +412,7 @@ class Phonons(Workflow):
 
     def write_summary(self, path=None, points: Mapping[str, Sequence[float]] | None = None) -> Path:
         res = self._need_result()
-        result = {
-            "min_frequency_THz": res.min_frequency_THz,
-            "max_frequency_THz": res.max_frequency_THz,
-            "max_residual_force_eV_per_A": res.max_residual_force_eV_per_A,
-        }
+        result = res.to_dict()
         if points is not None:
             result["highest_branch_THz"] = self.highest_branch_at(points)
         return self._write_summary(
@@ -365,79 +431,38 @@ class Phonons(Workflow):
             units=UNITS | {"force_constants": "eV/Å²", "free_energy": "kJ/mol", "entropy": "J/K/mol", "heat_capacity": "J/K/mol"},
         )
 
-    def plot_bands(self, path=None, reference=None, *, label: str = "model", reference_label: str = "reference", title: str | None = None) -> Path:
-        """PNG of the band structure; ``reference`` is drawn dashed on the same q-path.
+    def plot_bands(self, path=None, reference=None, *, label: str = "model", reference_label: str = "reference", title: str | None = None, dos: bool = False) -> Path:
+        """PNG of the band structure (and, with ``dos``, the DOS); ``reference`` is drawn dashed on the same q-path.
 
         ``reference``: a Phonopy object with force constants, or a folder/yaml that
         :func:`load_phonopy_reference` reads (e.g. ``self.reference`` after :meth:`from_reference`).
+        It must share the primitive cell's orientation (true when the workflow was built from it).
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from ..plots import phonon_bands_dos
 
         res = self._need_result()
-        path = Path(path or self.output_files["band_plot"])
-        fig = Figure(figsize=(6, 4.5), dpi=120)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for k, (d, f) in enumerate(zip(res.band_distances, res.band_frequencies_THz)):
-            lines = ax.plot(d, f, color="C0", lw=1.2)
-            if k == 0:
-                lines[0].set_label(label)
+        ref_bands = ref_dos = None
         if isinstance(reference, (str, Path)):
             reference = load_phonopy_reference(reference)
         if reference is not None:
-            for k, (d, f) in enumerate(zip(res.band_distances, _reference_bands(reference, self.phonon, res))):
-                lines = ax.plot(d, f, color="C3", lw=1.0, ls="--")
-                if k == 0:
-                    lines[0].set_label(reference_label)
+            ref_bands = _reference_bands(reference, self.phonon, res)
+            if dos:
+                reference.run_mesh(list(self.mesh), is_gamma_center=True)
+                reference.run_total_dos()
+                ref = reference.get_total_dos_dict()
+                ref_dos = (ref["frequency_points"], ref["total_dos"])
         ticks, tick_labels = _band_ticks(res)
-        for x in ticks:
-            ax.axvline(x, color="0.7", lw=0.6)
-        ax.axhline(0.0, color="0.7", lw=0.6)
-        ax.set_xticks(ticks, tick_labels)
-        ax.set_xlim(res.band_distances[0][0], res.band_distances[-1][-1])
-        ax.set_ylabel("frequency (THz)")
-        ax.set_title(title or self.atoms.get_chemical_formula(empirical=True))
-        ax.legend(loc="best")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        return path
-
-
-def _reference_bands(reference, phonon, res: PhononResult) -> list[np.ndarray]:
-    """The reference's frequencies on our band path (same primitive reciprocal basis required)."""
-    ours, theirs = np.asarray(phonon.primitive.cell), np.asarray(reference.primitive.cell)
-    shape = lambda c: c / abs(np.linalg.det(c)) ** (1 / 3)  # noqa: E731
-    if ours.shape != theirs.shape or not np.allclose(shape(ours), shape(theirs), atol=2e-2):
-        raise ConfigurationError(
-            "the reference's primitive cell is not oriented like ours, so q-points cannot be shared; build the workflow with Phonons.from_phonopy_dataset(reference, calc)",
+        return phonon_bands_dos(
+            path or self.output_files["band_plot"],
+            band_distances=res.band_distances,
+            band_frequencies_THz=res.band_frequencies_THz,
+            ticks=ticks,
+            tick_labels=tick_labels,
+            dos_frequencies_THz=res.dos_frequencies_THz if dos else None,
+            dos_states_per_THz=res.dos_states_per_THz if dos else None,
+            reference_band_frequencies_THz=ref_bands,
+            reference_dos=ref_dos,
+            label=label,
+            reference_label=reference_label,
+            title=title or self.atoms.get_chemical_formula(mode="metal", empirical=True),
         )
-    if reference.force_constants is None:
-        raise ConfigurationError("the reference Phonopy object has no force constants (load it with forces, e.g. load_phonopy_reference)")
-    reference.run_band_structure(res.band_qpoints, path_connections=res.band_path_connections, labels=res.band_labels or None)
-    return [np.array(f) for f in reference.get_band_structure_dict()["frequencies"]]
-
-
-def _band_ticks(res: PhononResult) -> tuple[list[float], list[str]]:
-    """Tick positions and labels at the ends of the band segments (``A|B`` at a jump)."""
-    labels = [_pretty(label) for label in res.band_labels]
-    ticks = [float(res.band_distances[0][0])]
-    names = [labels[0] if labels else ""]
-    k = 1
-    n = len(res.band_distances)
-    for i, d in enumerate(res.band_distances):
-        ticks.append(float(d[-1]))
-        if not labels:
-            names.append("")
-        elif res.band_path_connections[i] or i == n - 1:
-            names.append(labels[k] if k < len(labels) else "")
-            k += 1
-        else:
-            names.append(f"{labels[k]}|{labels[k + 1]}" if k + 1 < len(labels) else labels[k])
-            k += 2
-    return ticks, names
-
-
-def _pretty(label: str) -> str:
-    return label.replace("$\\mathrm{", "").replace("}$", "").replace("$\\Gamma$", "Γ").replace("$", "").replace("\\Gamma", "Γ").replace("\\Sigma", "Σ").replace("\\Delta", "Δ").replace("\\Lambda", "Λ")

@@ -16,7 +16,7 @@ from ase.optimize import BFGS, FIRE, LBFGS
 from ..artifacts import atomic_path
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, lattice_parameters, output_path, progress_bar, snapshot
-from .base import Workflow
+from .base import Workflow, result_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class RelaxResult:
     stress_GPa: np.ndarray | None = None
     spacegroup: str | None = None
     energies: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        n = len(self.atoms)
+        return {"formula": self.atoms.get_chemical_formula(), "n_atoms": n, "energy_per_atom_eV": self.energy / n} | result_dict(self)
 
 
 class Relax(Workflow):
@@ -130,10 +134,12 @@ class Relax(Workflow):
 
         opt.attach(observe, interval=1)
         converged = False
-        with progress_bar(total=self.max_steps, desc=f"relax {work.get_chemical_formula()}", enabled=self.progress) as bar:
+        with progress_bar(total=self.max_steps, desc=f"relax {work.get_chemical_formula()}", enabled=self.progress, unit="step") as bar:
             for converged in opt.irun(fmax=self.fmax_eV_per_A, steps=self.max_steps):
                 bar.update(1 if opt.nsteps else 0)
-                bar.set_postfix(E=f"{work.get_potential_energy():.5f}")
+                if not bar.disable:
+                    fmax = float(np.linalg.norm(target.get_forces(), axis=1).max())
+                    bar.set_postfix_str(f"step {opt.nsteps}, E={work.get_potential_energy() / len(work):.5f} eV/atom, fmax={fmax:.2e} eV/Å", refresh=False)
         if self.trajectory is not None:
             with atomic_path(self.trajectory) as tmp:
                 write(tmp, frames, format="extxyz")
@@ -183,15 +189,7 @@ class Relax(Workflow):
                 "max_steps": self.max_steps,
                 "pressure_GPa": self.pressure_GPa,
             },
-            result={
-                "energy": res.energy,
-                "converged": res.converged,
-                "n_steps": res.n_steps,
-                "max_force_eV_per_A": res.max_force_eV_per_A,
-                "lattice_parameters": res.lattice_parameters,
-                "spacegroup": res.spacegroup,
-                "stress_GPa": res.stress_GPa,
-            },
+            result=res.to_dict(),
             units=UNITS | {"angles": "degree", "volume": "Å³"},
             output_files={k: v for k, v in self.output_files.items() if v is not None},
         )

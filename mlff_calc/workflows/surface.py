@@ -12,12 +12,38 @@ from ase.build import surface
 
 from ..errors import ConfigurationError
 from . import UNITS, default_prefix, evaluate_structures, output_path
-from .base import Workflow
+from .base import Workflow, result_dict
 
 log = logging.getLogger(__name__)
 
 #: 1 eV/Å² in J/m²
 EV_PER_A2_TO_J_PER_M2 = units._e * 1e20
+#: the cells Miller indices may refer to
+MILLER_CELLS = ("conventional", "input")
+
+
+def conventional_cell(atoms: Atoms, symprec: float = 1e-3) -> tuple[Atoms, str]:
+    """spglib's conventional standard cell of ``atoms`` (same orientation, not idealised) and its space group."""
+    import spglib
+
+    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
+    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if dataset is None:
+        raise ConfigurationError(f"spglib found no symmetry for {atoms.get_chemical_formula()} at symprec {symprec}; pass miller_cell='input' to index the given cell")
+    lattice, positions, numbers = spglib.standardize_cell(cell, to_primitive=False, no_idealize=True, symprec=symprec)
+    return Atoms(numbers=numbers, cell=lattice, scaled_positions=positions, pbc=True), str(dataset.international)
+
+
+def miller_in_basis(miller, from_cell: np.ndarray, to_cell: np.ndarray) -> tuple[int, int, int]:
+    """The plane ``miller`` of ``from_cell`` as the smallest integer indices in the basis of ``to_cell``."""
+    normal = np.asarray(miller, dtype=float) @ np.linalg.inv(from_cell).T  # reciprocal vector (no 2π)
+    h = to_cell @ normal
+    h = h / np.abs(h[np.abs(h) > 1e-8]).min()
+    for m in range(1, 13):
+        if np.allclose(h * m, np.round(h * m), atol=1e-6):
+            ints = np.round(h * m).astype(int)
+            return tuple(int(i) for i in ints // np.gcd.reduce(ints))
+    return tuple(int(i) for i in np.round(h))
 
 
 @dataclass
@@ -34,15 +60,31 @@ class SurfaceResult:
     surface_energy_J_per_m2: float
     relaxed: bool
     relax_converged: bool | None = None
+    miller_cell: str = "conventional"  # the cell the indices refer to: "conventional" or "input"
+    spacegroup: str | None = None
+    miller_input_cell: tuple[int, int, int] | None = None  # the same plane in the input cell's basis
+
+    @property
+    def plane(self) -> str:
+        """The plane built, named with the cell its indices refer to, e.g. ``(100) of the conventional Fd-3m cell``."""
+        hkl = "(" + "".join(str(i) for i in self.miller) + ")"
+        if self.miller_cell == "input":
+            return f"{hkl} of the input cell"
+        return f"{hkl} of the conventional {self.spacegroup} cell"
+
+    def to_dict(self) -> dict:
+        return result_dict(self, skip=("slab",)) | {"plane": self.plane}
 
 
 class SurfaceEnergy(Workflow):
     """γ = (E_slab − n·E_bulk) / (2A) for a slab with two equivalent surfaces.
 
-    The slab is ``ase.build.surface(bulk_atoms, miller, layers, vacuum)``: Miller
-    indices refer to the cell of ``bulk_atoms`` (pass the conventional cubic cell
-    for the usual cubic indices) and ``layers`` counts repeats of that cell's
-    lattice planes. ``vacuum`` (Å) is added on each side. The bulk energy per atom
+    Miller indices refer to the conventional standard cell of ``bulk_atoms``
+    (spglib's standardisation at ``symprec``, the cell of the International Tables,
+    e.g. the cubic cell of fcc or diamond), whatever cell ``bulk_atoms`` is given
+    in; ``miller_cell="input"`` takes them in the basis of ``bulk_atoms.cell``
+    instead. The slab is ``ase.build.surface(cell, miller, layers, vacuum)`` on
+    that cell, and ``layers`` counts repeats of its lattice planes. ``vacuum`` (Å) is added on each side. The bulk energy per atom
     comes from the same calculator on the oriented bulk (the same cut without
     vacuum, periodic along the normal), so in-plane cells match exactly. With
     ``relax`` the slab's positions are relaxed at fixed cell (the bulk is taken as
@@ -63,9 +105,13 @@ class SurfaceEnergy(Workflow):
         fmax_eV_per_A: float = 0.02,
         max_steps: int = 300,
         optimizer: str = "FIRE",
+        miller_cell: str = "conventional",
+        symprec: float = 1e-3,
         prefix=None,
         progress: bool | None = None,
     ):
+        if miller_cell not in MILLER_CELLS:
+            raise ConfigurationError(f"miller_cell must be one of {list(MILLER_CELLS)}, got {miller_cell!r}")
         if not bulk_atoms.pbc.all():
             raise ConfigurationError(f"bulk_atoms must be periodic in all directions; got pbc={bulk_atoms.pbc.tolist()}")
         if layers < 1 or not vacuum > 0:
@@ -79,6 +125,8 @@ class SurfaceEnergy(Workflow):
         self.fmax_eV_per_A = float(fmax_eV_per_A)
         self.max_steps = int(max_steps)
         self.optimizer = optimizer
+        self.miller_cell = miller_cell
+        self.symprec = float(symprec)
         self.prefix = default_prefix(bulk_atoms, prefix)
         self.progress = progress
         self.result: SurfaceResult | None = None
@@ -88,10 +136,17 @@ class SurfaceEnergy(Workflow):
         tag = "".join(str(i) for i in self.miller)
         return {"slab": output_path(self.prefix, f"slab-{tag}.extxyz"), "summary": output_path(self.prefix, f"surface-{tag}.json")}
 
-    def build(self) -> tuple[Atoms, Atoms]:
-        """(slab with vacuum, oriented bulk with the same atoms and in-plane cell)."""
+    def cell(self) -> tuple[Atoms, str | None]:
+        """(the cell the Miller indices refer to, its space group symbol)."""
         bulk = self.bulk_atoms.copy()
         bulk.calc = None
+        if self.miller_cell == "input":
+            return bulk, None
+        return conventional_cell(bulk, self.symprec)
+
+    def build(self) -> tuple[Atoms, Atoms]:
+        """(slab with vacuum, oriented bulk with the same atoms and in-plane cell)."""
+        bulk, _ = self.cell()
         oriented = surface(bulk, self.miller, self.layers, periodic=True)
         slab = surface(bulk, self.miller, self.layers, vacuum=self.vacuum, periodic=True)
         slab.pbc = True  # vacuum separates the periodic images along the normal
@@ -99,6 +154,7 @@ class SurfaceEnergy(Workflow):
 
     def run(self) -> SurfaceResult:
         slab, oriented = self.build()
+        cell, spacegroup = self.cell()
         converged = None
         if self.relax:
             from .relax import Relax
@@ -123,11 +179,14 @@ class SurfaceEnergy(Workflow):
             surface_energy_J_per_m2=gamma * EV_PER_A2_TO_J_PER_M2,
             relaxed=self.relax,
             relax_converged=converged,
+            miller_cell=self.miller_cell,
+            spacegroup=spacegroup,
+            miller_input_cell=miller_in_basis(self.miller, cell.cell.array, self.bulk_atoms.cell.array),
         )
         log.info(
-            "surface %s (%s): %d atoms, γ = %.4f eV/Å² = %.3f J/m²%s",
+            "surface %s %s: %d atoms, γ = %.4f eV/Å² = %.3f J/m²%s",
             self.bulk_atoms.get_chemical_formula(empirical=True),
-            "".join(map(str, self.miller)),
+            self.result.plane,
             len(slab),
             gamma,
             self.result.surface_energy_J_per_m2,
@@ -142,15 +201,7 @@ class SurfaceEnergy(Workflow):
         res = self._need_result()
         return self._write_summary(
             path or self.output_files["summary"],
-            parameters={"miller": self.miller, "layers": self.layers, "vacuum_A": self.vacuum, "relax": self.relax, "fmax_eV_per_A": self.fmax_eV_per_A},
-            result={
-                "n_atoms": res.n_atoms,
-                "area_A2": res.area_A2,
-                "slab_energy_eV": res.slab_energy_eV,
-                "bulk_energy_per_atom_eV": res.bulk_energy_per_atom_eV,
-                "surface_energy_eV_per_A2": res.surface_energy_eV_per_A2,
-                "surface_energy_J_per_m2": res.surface_energy_J_per_m2,
-                "relax_converged": res.relax_converged,
-            },
+            parameters={"miller": self.miller, "miller_cell": self.miller_cell, "layers": self.layers, "vacuum_A": self.vacuum, "relax": self.relax, "fmax_eV_per_A": self.fmax_eV_per_A},
+            result=res.to_dict(),
             units=UNITS | {"area": "Å²", "surface_energy": "eV/Å² and J/m²"},
         )

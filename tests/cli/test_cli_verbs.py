@@ -6,6 +6,7 @@ the whole file takes well under a minute on two shared cores with one thread.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -49,6 +50,26 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
+@functools.cache
+def chgnet_wheel_sha256() -> str:
+    """sha256 of the CHGNet 0.3.0 checkpoint inside the installed chgnet package, computed here with hashlib."""
+    import hashlib
+    from pathlib import Path
+
+    import chgnet
+
+    (weights,) = (Path(chgnet.__file__).parent / "pretrained" / "0.3.0").glob("*.pth.tar")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_chgnet_weights_are_hashed_like_a_given_checkpoint(calc):
+    from mlff_calc.models.chgnet import CHGNetAdapter, wheel_weights
+
+    assert calc.adapter.sha256 == chgnet_wheel_sha256()
+    # the same file given by path gets the same hash (one weights hash for every way of loading)
+    assert CHGNetAdapter.load(str(wheel_weights("0.3.0")), device="cpu").sha256 == calc.adapter.sha256
+
+
 def cli(*argv) -> int:
     return main([str(a) for a in argv])
 
@@ -57,6 +78,7 @@ def summary_of(path, keys=SUMMARY_KEYS) -> dict:
     data = json.loads(path.read_text())
     assert keys <= set(data), f"summary lacks {keys - set(data)}"
     assert data["model"]["id"] == "chgnet-0.3.0"
+    assert data["model"]["sha256"] == chgnet_wheel_sha256()
     for key, out in data["outputs"].items():
         assert Path(out).exists(), f"output {key} = {out} is missing"
     return data
@@ -132,7 +154,7 @@ def test_eos_bulk_modulus_near_dcdft(work):
 def test_phonons_match_the_workflow_in_process(work, calc):
     import phonopy
 
-    from mlff_calc.cli.phonons import special_point_frequencies
+    from mlff_calc.workflows.phonons import special_point_frequencies
     from mlff_calc.workflows.phonons import Phonons
 
     args = ("--supercell", 2, 2, 2, "--mesh", 6, 6, 6, "--band-npoints", 11, "--t-step-K", 50)
@@ -205,6 +227,7 @@ def test_md_langevin_from_config(work):
     assert res["ensemble"] == "nvt-langevin"
     assert res["temperature_K"] == 500 and res["timestep_fs"] == 2
     assert res["log"]["time_ps"] == pytest.approx([0.0, 0.006, 0.012])
+    assert not [k for k in res if "drift" in k]  # a thermostat exchanges energy: no E_tot drift to report
 
 
 # surface and defect --------------------------------------------------------------------
@@ -227,6 +250,7 @@ def test_vacancy_formation_energy(work):
     res = summary_of(work / "out" / "defect-summary.json")["results"]
     assert res["delta_n"] == {"Si": -1}
     assert res["n_atoms_host"] == 16
+    assert res["formula"] == "Si16" and res["input_formula"] == "Si2"  # the host supercell, not the input cell
     assert 0 < res["formation_energy_eV"] < 6
     assert res["chemical_potentials_eV"]["Si"] == pytest.approx(res["host_energy_eV"] / 16)
     assert len(read(work / "out" / "si-vacancy-defect.extxyz")) == 15
@@ -276,7 +300,8 @@ def test_softening_fit_measure_and_apply(work, synthetic_dft, calc):
 
     # the fit as a layer on another verb: forces scale by c
     assert cli("singlepoint", synthetic_dft, "--softening", "si-fit.json", "--out-dir", "sp") == 0
-    sp = summary_of(work / "sp" / "singlepoint-summary.json", SUMMARY_KEYS - {"units"})
+    sp = summary_of(work / "sp" / "singlepoint-summary.json")
+    assert sp["units"]["energy"] == "eV" and sp["units"]["forces"] == "eV/Å"
     assert [layer["name"] for layer in sp["model"]["layers"]] == ["softening"]
     assert sp["model"]["layers"][0]["c"] == pytest.approx(1.25, rel=1e-4)
     corrected = read(work / "sp" / "dft-results.extxyz", index=":")

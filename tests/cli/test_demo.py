@@ -9,7 +9,7 @@ import pytest
 from ase.collections import dcdft
 from matplotlib.image import imread
 
-from helpers import shared_path
+from helpers import SHARED, shared_path
 
 from mlff_calc.cli.main import main
 from mlff_calc.cli.options import restore_threads, set_threads
@@ -54,6 +54,16 @@ def check_physics(results: dict) -> None:
         assert not results["phonons"][name]["has_imaginary_modes"]
     si = results["phonons"]["Si"]["highest_branch_THz"]
     assert 11 < si["Γ"] < 15 and 8 < si["X"] < 13  # softened against PBE's 15.1 / 13.4
+    if (SHARED / "data" / "phonopy" / "NaCl").is_dir():  # the VASP bands are overlaid and compared
+        nacl = results["phonons"]["NaCl"]
+        assert nacl["reference"]["highest_branch_THz"]["Γ"] == pytest.approx(4.62, abs=0.02)  # VASP-PBE TO at Γ
+        assert "far too soft" in nacl["caveat"] and nacl["highest_branch_THz"]["Γ"] < 2.0
+        assert results["phonons"]["Si"]["reference"]["highest_branch_THz"]["X"] == pytest.approx(13.43, abs=0.05)
+        assert "caveat" not in results["phonons"]["Si"]
+    for name in ("Si", "NaCl"):  # the EOS grid is centred on the model's relaxed volume
+        assert eos[name]["relaxed"] and abs(eos[name]["v0_offset_percent"]) < 0.5
+        assert eos[name]["fit_rms_eV_per_atom"] < 1e-3
+    assert any("B'" in w for w in eos["NaCl"]["warnings"])  # CHGNet's NaCl E(V) gives B' < 1 over ±6 %
 
     md = results["md"]
     assert len(md["log"]["step"]) == md["n_steps"] // results["sizes"]["md_log_interval"] + 1
@@ -80,6 +90,8 @@ def check_layers(tmp_path, data: dict) -> None:
     assert all(math.isfinite(v) and v > 0 for v in trace)
     assert uq["min_eV_per_A"] == pytest.approx(min(trace)) and uq["max_eV_per_A"] == pytest.approx(max(trace))
     assert uq["min_eV_per_A"] <= uq["mean_eV_per_A"] <= uq["max_eV_per_A"]
+    assert uq["threshold_eV_per_A"] == pytest.approx(3 * student["test_force_mae_eV_per_A"])
+    assert uq["steps_over_threshold"] == sum(v > uq["threshold_eV_per_A"] for v in trace)
     assert uq["system"] == f"Si{8 * sizes['uq_md_repeat'] ** 3}"
     assert_png(tmp_path / data["outputs"]["uncertainty_plot"])
 

@@ -37,7 +37,7 @@ class PlainCalc(Calculator):
 @pytest.fixture(scope="module")
 def si_eos(calc):
     counting = CountingCalc(calc)
-    wf = EquationOfState(bulk("Si", "diamond", 5.43), counting, strain_range=0.06, n_points=9, progress=False)
+    wf = EquationOfState(bulk("Si", "diamond", 5.43), counting, strain_range=0.06, n_points=9, relax=False, progress=False)
     return wf, wf.run(), counting
 
 
@@ -75,7 +75,7 @@ def test_agrees_with_ase_birch_murnaghan(si_eos):
 
 def test_plain_ase_calculator_gives_the_same_points(calc, si_eos):
     _, res, _ = si_eos
-    plain = EquationOfState(bulk("Si", "diamond", 5.43), PlainCalc(calc), strain_range=0.06, n_points=9, progress=False).run()
+    plain = EquationOfState(bulk("Si", "diamond", 5.43), PlainCalc(calc), strain_range=0.06, n_points=9, relax=False, progress=False).run()
     np.testing.assert_allclose(plain.energies_eV, res.energies_eV, atol=1e-4)
     np.testing.assert_allclose(plain.volumes_A3, res.volumes_A3)
 
@@ -96,3 +96,45 @@ def test_bad_parameters_raise():
         EquationOfState(bulk("Si"), None, n_points=3)
     with pytest.raises(ConfigurationError, match="strain_range"):
         EquationOfState(bulk("Si"), None, strain_range=0.7)
+
+
+@pytest.fixture(scope="module")
+def relaxed_eos(calc):
+    """Default EOS (relax first) of Si and NaCl from textbook cells, over ±6 % and ±3 %."""
+    out = {}
+    for name, (kind, a) in {"Si": ("diamond", 5.43), "NaCl": ("rocksalt", 5.64)}.items():
+        for strain in (0.06, 0.03):
+            wf = EquationOfState(bulk(name, kind, a), calc, strain_range=strain, n_points=9, progress=False)
+            out[name, strain] = (wf, wf.run())
+    return out
+
+
+@pytest.mark.parametrize("name", ["Si", "NaCl"])
+def test_grid_is_centred_on_the_relaxed_volume(relaxed_eos, name):
+    wf, res = relaxed_eos[name, 0.06]
+    v_relaxed = wf.relax_result.atoms.get_volume()
+    assert res.relaxed and res.relax_converged
+    assert np.abs(wf.relax_result.stress_GPa).max() < 0.05  # the relaxed cell is at the model's zero pressure
+    assert res.center_volume_A3 == pytest.approx(v_relaxed, rel=1e-9)
+    assert res.volumes_A3[len(res.volumes_A3) // 2] == pytest.approx(v_relaxed, rel=1e-9)
+    assert abs(v_relaxed / bulk(name, *{"Si": ("diamond", 5.43), "NaCl": ("rocksalt", 5.64)}[name]).get_volume() - 1) > 0.01  # the input was off
+    _, res3 = relaxed_eos[name, 0.03]
+    b6, b3 = res.bulk_modulus_GPa, res3.bulk_modulus_GPa
+    print(
+        f"\nCHGNet {name}: V_relaxed {v_relaxed / res.n_atoms:.4f} Å³/atom; ±6 %: V0 {res.v0_offset_percent:+.3f} %, B {b6:.2f} GPa, B' {res.bulk_modulus_derivative:.2f}, "
+        f"rms {1e3 * res.fit_rms_eV_per_atom:.4f} meV/atom; ±3 %: V0 {res3.v0_offset_percent:+.3f} %, B {b3:.2f} GPa, B' {res3.bulk_modulus_derivative:.2f}"
+    )
+    # CHGNet's E(V) is not BM3-shaped over ±6 % (its pressure is not monotonic there), so V0 and B keep a range dependence
+    assert abs(res.v0_offset_percent) < 0.5
+    assert abs(res3.v0_offset_percent) < 0.15
+    assert b6 == pytest.approx(b3, rel=0.04)
+
+
+def test_unphysical_bulk_modulus_derivative_warns(relaxed_eos, caplog):
+    _, si = relaxed_eos["Si", 0.06]
+    _, nacl = relaxed_eos["NaCl", 0.06]
+    assert 1.0 <= si.bulk_modulus_derivative <= 10.0 and not si.warnings
+    assert not 1.0 <= nacl.bulk_modulus_derivative <= 10.0
+    assert len(nacl.warnings) == 1 and "B'" in nacl.warnings[0]
+    assert nacl.to_dict()["warnings"] == nacl.warnings
+    assert nacl.fit_max_residual_eV >= nacl.fit_rms_eV > 0

@@ -81,6 +81,13 @@ def test_nve_conserves_energy(nve):
     np.testing.assert_allclose(table[:, header.index("E_tot_eV")], res.log["E_tot_eV"], rtol=1e-7)
 
 
+def test_nve_reports_its_drift(nve):
+    _, res = nve
+    summary = res.to_dict()
+    assert summary["drift_eV_per_atom_per_ps"] == pytest.approx(res.drift_eV_per_atom_per_ps)
+    assert summary["max_abs_drift_eV_per_atom"] == pytest.approx(np.abs(res.log["drift_eV_per_atom"]).max())
+
+
 def test_trajectory_keeps_forces_and_extra_results(nve):
     wf, res = nve
     frames = read(wf.output_files["trajectory"], ":")
@@ -137,6 +144,11 @@ def test_langevin_temperature(calc, tmp_path):
     print(f"\nLangevin Si8 at 300 K: <T> over the second half = {t_late:.0f} K")
     assert 150 < t_late < 500
     assert wf.output_files["trajectory"] is None
+    # E_tot is not conserved with a thermostat: no "drift" is reported for it
+    assert res.drift_eV_per_atom_per_ps is None and res.max_abs_drift_eV_per_atom is None
+    summary = res.to_dict()
+    assert not [k for k in summary if "drift" in k] and "drift_eV_per_atom" not in summary["log"]
+    assert summary["mean_temperature_K"] == pytest.approx(res.log["T_K"].mean())
 
 
 @pytest.mark.parametrize("ensemble", ["nvt-nose-hoover", "npt"])
@@ -153,3 +165,35 @@ def test_bad_inputs_raise(calc, tmp_path):
         MolecularDynamics(bulk("Si"), calc, ensemble="nvk")
     with pytest.raises(ArtifactError, match="does not exist"):
         MolecularDynamics.restart(tmp_path / "missing.extxyz", calc)
+
+
+def test_progress_shows_step_temperature_energy_and_time_per_step(calc, tmp_path, capsys):
+    atoms = bulk("Si", "diamond", A0, cubic=True)
+    res = MolecularDynamics(atoms, calc, steps=4, log_interval=2, seed=1, trajectory=False, prefix=tmp_path / "p", progress=True).run()
+    err = capsys.readouterr().err
+    last = [line for line in err.replace("\r", "\n").splitlines() if "step 4" in line][-1]
+    assert "md nve" in last and "step 4" in last and "ms/step" in last
+    t_shown = float(last.split("T=")[1].split(" K")[0])
+    assert t_shown == pytest.approx(res.log["T_K"][-1], abs=0.6)  # the status is the run's own numbers
+    e_shown = float(last.split("E=")[1].split(" eV/atom")[0])
+    assert e_shown == pytest.approx(res.log["E_pot_eV"][-1] / len(atoms), abs=1e-4)
+
+
+def test_progress_is_off_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    import io
+
+    from mlff_calc._runtime import on_terminal, progress_bar
+
+    assert not on_terminal()  # pytest captures stderr
+    with progress_bar(total=3, desc="quiet") as bar:
+        bar.update(3)
+    assert bar.disable and "quiet" not in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert on_terminal()
+    with progress_bar(total=3, desc="shown") as bar:
+        assert not bar.disable

@@ -170,3 +170,28 @@ def test_residual_force_subtraction(calc):
     raw, _ = Phonons.from_reference(folder, calc, progress=False).compute_forces()
     assert residual < 1e-4  # the VASP geometry of diamond Si is (by symmetry) force-free for any model
     np.testing.assert_allclose(forces, raw, atol=2 * residual + 1e-6)
+
+
+def test_narrow_supercell_warns_and_phonopy_flags_are_not_echoed(calc, caplog, recwarn):
+    from ase.build import bulk
+
+    from mlff_calc.workflows.phonons import cell_widths
+
+    a = 5.461
+    prim = bulk("Si", "diamond", a)
+    np.testing.assert_allclose(cell_widths(prim.cell * 2), 2 * a / np.sqrt(3), rtol=1e-9)  # fcc: (111) planes a/√3 apart
+    with caplog.at_level("WARNING", logger="mlff_calc"):
+        wf = Phonons(prim, calc, supercell_matrix=[2, 2, 2], mesh=(6, 6, 6), band_npoints=5, progress=False)
+        res = wf.run()
+    assert res.min_supercell_width_A == pytest.approx(2 * a / np.sqrt(3), rel=1e-6)
+    assert len(res.warnings) == 1 and "6.31 Å wide" in res.warnings[0] and "6.31 Å wide" in caplog.text
+    assert res.to_dict()["warnings"] == res.warnings and res.n_atoms_supercell == 16
+    # phonopy's advice names its own options (--exclude-gamma-acoustic, EXCLUDE_GAMMA_ACOUSTIC); none of it reaches the user
+    assert not [w for w in recwarn.list if "gamma" in str(w.message).lower()]
+    cube = Phonons(bulk("Si", "diamond", a, cubic=True), None, supercell_matrix=[2, 2, 2])
+    assert cube.notes == []  # 10.9 Å wide
+    # an fcc mesh of unequal numbers: phonopy's advice ("pass a length-based mesh") becomes ours
+    wf.mesh = (6, 6, 4)
+    res = wf.run()
+    assert any("--mesh 6 6 6" in note for note in res.warnings)
+    assert not [w for w in recwarn.list if "length-based" in str(w.message) or "gamma" in str(w.message).lower()]

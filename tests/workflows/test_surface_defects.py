@@ -44,6 +44,31 @@ def test_si100_surface_energy(calc, si, tmp_path):
     assert wf.write_slab().exists()
 
 
+def test_miller_indices_refer_to_the_conventional_cell(calc, si):
+    """(100) of a primitive fcc/diamond cell is the cubic (100): the same slab as from the conventional cell."""
+    from mlff_calc.workflows.surface import conventional_cell
+
+    primitive = bulk("Si", "diamond", A0)
+    kw = {"miller": (1, 0, 0), "layers": 2, "vacuum": 8.0, "progress": False}
+    conv = SurfaceEnergy(si, calc, **kw).run()
+    prim = SurfaceEnergy(primitive, calc, **kw).run()
+    assert prim.n_atoms == conv.n_atoms == 16
+    assert prim.area_A2 == pytest.approx(A0**2, rel=1e-6) and conv.area_A2 == pytest.approx(A0**2, rel=1e-6)
+    assert prim.surface_energy_J_per_m2 == pytest.approx(conv.surface_energy_J_per_m2, abs=2e-3)
+    assert prim.plane == "(100) of the conventional Fd-3m cell"
+    assert prim.miller_input_cell == (0, 1, 1)  # the cubic (100) in the primitive basis
+    # the primitive cell's own (100) is another plane, of another area and energy
+    own = SurfaceEnergy(primitive, calc, miller_cell="input", **kw).run()
+    assert own.plane == "(100) of the input cell"
+    assert own.area_A2 == pytest.approx(A0**2 * np.sqrt(3) / 4, rel=1e-6)  # a {111} plane of the cube
+    print(f"\nCHGNet Si: γ(100) {conv.surface_energy_J_per_m2:.3f} J/m² (conventional), {prim.surface_energy_J_per_m2:.3f} (primitive input); primitive's own (100) {own.surface_energy_J_per_m2:.3f}")
+    cell, sg = conventional_cell(primitive)
+    assert sg == "Fd-3m" and len(cell) == 8 and cell.get_volume() == pytest.approx(si.get_volume())
+    # NaCl primitive -> the 8-atom rocksalt cube
+    nacl, sg = conventional_cell(bulk("NaCl", "rocksalt", 5.64))
+    assert sg == "Fm-3m" and len(nacl) == 8 and nacl.cell.lengths() == pytest.approx([5.64] * 3)
+
+
 def test_si_vacancy_formation_energy(calc, si, tmp_path):
     relaxed = PointDefect(si, calc, supercell=(2, 2, 2), kind="vacancy", relax=True, fmax_eV_per_A=0.03, progress=False, prefix=tmp_path / "si").run()
     unrelaxed = PointDefect(si, calc, supercell=(2, 2, 2), kind="vacancy", relax=False).run()
@@ -54,6 +79,14 @@ def test_si_vacancy_formation_energy(calc, si, tmp_path):
     for res in (relaxed, unrelaxed):
         assert np.isfinite(res.formation_energy_eV) and res.formation_energy_eV > 0
     assert relaxed.formation_energy_eV <= unrelaxed.formation_energy_eV + 1e-4
+
+
+def test_defect_result_names_the_host_supercell(calc):
+    res = PointDefect(bulk("Si", "diamond", A0), calc, supercell=(2, 2, 2), kind="vacancy", relax=False).run()
+    summary = res.to_dict()
+    assert res.host_formula == summary["formula"] == "Si16" and summary["defect_formula"] == "Si15"
+    assert summary["n_atoms_host"] == 16 and summary["supercell"] == [2, 2, 2]
+    assert summary["chemical_potentials_eV"]["Si"] == pytest.approx(res.host_energy_eV / 16)
 
 
 def test_defect_building_and_chemical_potentials(si):
