@@ -20,6 +20,7 @@ from mlff_calc.artifacts import read_npz
 from mlff_calc.data.error_log import write_error_log
 from mlff_calc.errors import ArtifactError
 from mlff_calc.ltau import build_ltau
+from mlff_calc.models.identity import model_identity
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 
@@ -53,7 +54,7 @@ def test_log_of_another_model_is_refused(ltau_built, ltau_store, tmp_path):  # n
     arrays, _ = log_parts(out)
     other = StudentAdapter.create([14], device="cpu", dtype="float64", architecture=TINY, seed=1)
     log = tmp_path / "error_log.npz"
-    write_error_log(log, arrays, structures=structures_of(ltau_store, arrays), model=other)
+    write_error_log(log, arrays, structures=structures_of(ltau_store, arrays), identity=model_identity(other))
     with pytest.raises(ArtifactError, match=f"error log {log} was written by a run whose weights have sha256 .*it belongs to another run"):
         build_ltau(student, ltau_store, log)
 
@@ -64,7 +65,7 @@ def test_log_of_other_structures_is_refused(ltau_built, ltau_store, tmp_path):  
     moved = [a.copy() for a in structures_of(ltau_store, arrays)]
     moved[0].positions[0] += 0.01
     log = tmp_path / "error_log.npz"
-    write_error_log(log, arrays, structures=moved, model=student)
+    write_error_log(log, arrays, structures=moved, identity=model_identity(student))
     with pytest.raises(ArtifactError, match=f"error log {log} was written for other training structures"):
         build_ltau(student, ltau_store, log)
 
@@ -73,7 +74,7 @@ def test_log_of_an_unfinished_run_is_refused(ltau_built, ltau_store, tmp_path): 
     student, _, out = ltau_built
     arrays, _ = log_parts(out)
     log = tmp_path / "error_log.npz"
-    write_error_log(log, arrays, structures=structures_of(ltau_store, arrays), model=None)
+    write_error_log(log, arrays, structures=structures_of(ltau_store, arrays), identity=None)
     with pytest.raises(ArtifactError, match="did not finish"):
         build_ltau(student, ltau_store, log)
 

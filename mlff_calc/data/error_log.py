@@ -26,21 +26,18 @@ FORMAT = "mlff_calc.error_log"
 FORMAT_VERSION = 1
 
 
-def binding(structures, model=None) -> dict:
-    """What binds a log to its run: ``structures`` in log order and the trained ``model`` (an adapter; None while training)."""
-    from ..models.identity import model_identity
-
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_identity(model) if model is not None else None, "training_structures_sha256": structures_sha256(pack_structures(list(structures)))}
+def binding(structures, identity: dict | None = None) -> dict:
+    """What binds a log to its run: ``structures`` in log order and the trained model's ``identity`` (``models.identity.model_identity``; None while training)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": dict(identity) if identity is not None else None, "training_structures_sha256": structures_sha256(pack_structures(list(structures)))}
 
 
-def write_error_log(path, arrays: dict, *, structures, model=None) -> None:
+def write_error_log(path, arrays: dict, *, structures, identity: dict | None = None) -> None:
     """Write ``arrays`` (errors and atom ids) with their :func:`binding`."""
-    write_npz(path, **arrays, binding=np.array(json.dumps(binding(structures, model))))
+    write_npz(path, **arrays, binding=np.array(json.dumps(binding(structures, identity))))
 
 
-def check_binding(arrays: dict, path, *, adapter, structures) -> None:
-    """ArtifactError unless the log at ``path`` was written, after training, for ``adapter`` on ``structures`` (in log order)."""
-    from ..models.identity import weights_sha256
+def check_binding(arrays: dict, path, *, weights_sha256: str, structures) -> None:
+    """ArtifactError unless the log at ``path`` was written, after training, for the weights hashed ``weights_sha256`` on ``structures`` (in log order)."""
 
     try:
         recorded = json.loads(str(arrays["binding"]))
@@ -50,7 +47,7 @@ def check_binding(arrays: dict, path, *, adapter, structures) -> None:
         raise ArtifactError(f"error log {path} has binding {recorded!r}; this mlff_calc reads {FORMAT} version {FORMAT_VERSION}")
     if recorded.get("model") is None:
         raise ArtifactError(f"error log {path} is from a training run that did not finish (no final weights hash); train again")
-    model, mine = recorded["model"], weights_sha256(adapter)
+    model, mine = recorded["model"], weights_sha256
     if not isinstance(model, dict) or model.get("sha256") != mine:  # the weights decide: a student's model_id depends on how it is loaded
         got = model.get("sha256") if isinstance(model, dict) else model
         raise ArtifactError(f"error log {path} was written by a run whose weights have sha256 {str(got)[:12]}..., not this model's {mine[:12]}...; it belongs to another run")
@@ -86,6 +83,6 @@ class ErrorLog:
         errors = np.stack(self.epochs) if self.epochs else np.zeros((0, len(self.current)), np.float32)
         return {"errors": errors, "epoch": np.arange(len(self.epochs)), **self.ids}
 
-    def write(self, path, model=None) -> None:
-        """Write the log; give the trained ``model`` (adapter) once training is over to bind it to its weights."""
-        write_error_log(path, self.arrays(), structures=self.structures, model=model)
+    def write(self, path, identity: dict | None = None) -> None:
+        """Write the log; give the trained model's ``identity`` once training is over to bind it to its weights."""
+        write_error_log(path, self.arrays(), structures=self.structures, identity=identity)

@@ -35,6 +35,7 @@ from ase import Atoms
 from ..artifacts import write_json
 from ..data.labels import LabelStore
 from ..data.error_log import ErrorLog
+from ..models.identity import model_identity
 from ..training.items import evaluate_items, fit_reference_energies, items_from_records, mean_neighbours, new_student, rms_force, split_records  # noqa: F401 (re-exported)
 from ..training.loss import DistillationLoss, LossWeights
 
@@ -127,7 +128,7 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     result = DistillResult(adapter=student, history=history.rows, metrics=metrics, teacher=store.teacher, training_data_sha256=store.content_sha256(), config=config, check_atoms=train_rec[0].atoms.copy(), error_log=error_log.arrays(), wall_time_s=time.perf_counter() - started)
     if out_dir is not None:
         save_student(result, out_dir)
-        error_log.write(out_dir / "error_log.npz", model=student)  # bound to the final weights
+        error_log.write(out_dir / "error_log.npz", identity=model_identity(student))  # bound to the final weights
         write_json(out_dir / "train-history.json", {"history": history.rows, "metrics": metrics, "config": config})
     log.info("student trained in %.1f s: valid %s, test %s", result.wall_time_s, metrics["valid"], metrics["test"])
     return result

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ConfigurationError
 from ..models.finetuned import FORMAT, FORMAT_VERSION, MANIFEST, UNITS, WEIGHTS, _atoms_dict, _mark, save_finetuned  # noqa: F401 (re-exported)
-from ..models.identity import weights_sha256
+from ..models.identity import model_identity, weights_sha256
 from ..training.items import evaluate_items, items_from_dft
 from ..training.loss import FinetuneLoss
 
@@ -236,7 +236,7 @@ def finetune(
     log.info("fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å", base["model_id"], groups, len(train), metrics["train_time_s"], before["train"]["force_mae"], after["train"]["force_mae"], before["valid"]["force_mae"], after["valid"]["force_mae"])
     if out_dir is not None:
         save_finetuned(result, out_dir)
-        error_log.write(out_dir / ERROR_LOG, model=adapter)  # bound to the final weights
+        error_log.write(out_dir / ERROR_LOG, identity=model_identity(adapter))  # bound to the final weights
     return result
 
 

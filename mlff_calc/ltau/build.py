@@ -12,6 +12,7 @@ from .._runtime import progress_bar
 from ..artifacts import read_npz, sha256_file
 from ..data.error_log import check_binding
 from ..errors import ArtifactError, ConfigurationError
+from ..models.identity import weights_sha256
 from .distributions import error_distributions
 from .estimator import LTAU, Calibration, calibrate, descriptor_spec
 from .index import HNSW_EF_CONSTRUCTION, LTAUIndex, as_float32
@@ -117,7 +118,7 @@ def build_ltau(adapter, training_structures, error_log_path, out_dir=None, *, n_
     sizes = {s: len(a) for s, a in zip(order, structures)}
     if any(a >= sizes[s] for s, a in zip(sidx.tolist(), aidx.tolist())):
         raise ConfigurationError(f"error log {error_log_path} names atoms beyond the sizes of training_structures: the log belongs to other structures")
-    check_binding(log_arrays, error_log_path, adapter=adapter, structures=structures)
+    check_binding(log_arrays, error_log_path, weights_sha256=weights_sha256(adapter), structures=structures)
     desc_s, _ = compute_descriptors(adapter, structures, batch_size=batch_size)
     offsets = dict(zip(order, np.cumsum([0] + [len(a) for a in structures[:-1]])))
     rows = np.array([offsets[s] for s in sidx], dtype=np.int64) + aidx
