@@ -32,7 +32,7 @@ UNCERTAINTIES = ("forces_uncertainty", "forces_error_probability_below_tol", "fo
 
 @pytest.fixture(scope="module")
 def parts(mace_adapter, tmp_path_factory):
-    """A spectrum reference on eight rattled, strained Si64 cells (as tests/test_rewiring.py) and
+    """A spectrum reference on eight rattled, strained Si64 cells (as tests/rewiring/test_rewiring.py) and
     an LTAU index (synthetic error log) on four Si8 frames."""
     rng = np.random.default_rng(0)
     cells = [_si64(1 + float(rng.uniform(-0.02, 0.02)), rattle=0.08, seed=100 + k) for k in range(8)]

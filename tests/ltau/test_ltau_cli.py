@@ -1,6 +1,6 @@
 """``mlff-calc ltau build`` and ``--ltau``: build from a training run folder, attach to other verbs.
 
-The student run is the fixture of tests/test_ltau.py (a tiny student trained on
+The student run is the fixture of tests/ltau/test_ltau.py (a tiny student trained on
 MACE-labelled Si); the fine-tune run fine-tunes the small MACE of conftest.py on
 three of its own (perturbed) labels.
 """

@@ -1,6 +1,6 @@
 """``error_log.npz`` is bound to its run: building an LTAU index refuses another run's log.
 
-The run is the student of tests/test_ltau.py; its trainer wrote the log with the
+The run is the student of tests/ltau/test_ltau.py; its trainer wrote the log with the
 final weights' identity and the hash of the training structures. A log of another
 model (an untrained student of the same architecture), of other structures (the same
 atoms moved by 0.01 Å), of an unfinished run, or without the binding is refused with
