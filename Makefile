@@ -25,10 +25,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# lint (ruff; formatting is the lead's) and the import contracts of pyproject.toml, with the
+# lint (ruff check and format check) and the import contracts of pyproject.toml, with the
 # import graph (imports inside functions included) checked for cycles
 lint: setup
 	$(BIN)/ruff check mlff_calc tests benchmarks examples
+	$(BIN)/ruff format --check mlff_calc tests benchmarks examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layout.py
 

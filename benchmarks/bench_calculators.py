@@ -106,12 +106,19 @@ def compare_batched(ours, n_structures: int, repeats: int) -> dict:
     ours.evaluate(structures[:2], props)  # warm up
     for k in range(repeats):
         names = list(strategies)
-        for name in names[k % len(names):] + names[: k % len(names)]:
+        for name in names[k % len(names) :] + names[: k % len(names)]:
             t = time.perf_counter()
             strategies[name]()
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"n_structures": n_structures, "n_atoms_each": 64, **{f"{k}_s": v for k, v in med.items()}, "speedup_batch": med["loop"] / med["batch"], "speedup_evaluate": med["loop"] / med["evaluate"], "repeats": repeats}
+    return {
+        "n_structures": n_structures,
+        "n_atoms_each": 64,
+        **{f"{k}_s": v for k, v in med.items()},
+        "speedup_batch": med["loop"] / med["batch"],
+        "speedup_evaluate": med["loop"] / med["evaluate"],
+        "repeats": repeats,
+    }
 
 
 def main(argv=None) -> int:
@@ -136,7 +143,10 @@ def main(argv=None) -> int:
         for row in entry["single"]:
             print(f"{name:<12} {row['n_atoms']:>4} atoms  ours {row['ours_ms']:8.1f} ms  upstream {row['upstream_ms']:8.1f} ms  ratio {row['ratio']:.2f}", flush=True)
         b = entry["batched"]
-        print(f"{name:<12} 32x64 atoms: loop {b['loop_s']:.2f} s  one batched forward {b['batch_s']:.2f} s ({b['speedup_batch']:.2f}x)  calc.evaluate {b['evaluate_s']:.2f} s ({b['speedup_evaluate']:.2f}x)", flush=True)
+        print(
+            f"{name:<12} 32x64 atoms: loop {b['loop_s']:.2f} s  one batched forward {b['batch_s']:.2f} s ({b['speedup_batch']:.2f}x)  calc.evaluate {b['evaluate_s']:.2f} s ({b['speedup_evaluate']:.2f}x)",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0

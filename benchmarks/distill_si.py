@@ -111,7 +111,21 @@ def main() -> None:
     if args.reuse and (samples_dir / "samples.json").exists():
         samples = distill.SampleSet.read(samples_dir)
     else:
-        samples = distill.sample([si_cell(2)], teacher, temperatures_K=(300, 600, 900), md_frames_per_T=args.md_frames, md_interval=args.md_interval, md_equilibration_steps=20, timestep_fs=2.0, n_rattle=args.n_rattle, rattle_std_A=0.05, n_strain=args.n_strain, strain=0.02, split=(0.7, 0.15, 0.15), seed=args.seed)
+        samples = distill.sample(
+            [si_cell(2)],
+            teacher,
+            temperatures_K=(300, 600, 900),
+            md_frames_per_T=args.md_frames,
+            md_interval=args.md_interval,
+            md_equilibration_steps=20,
+            timestep_fs=2.0,
+            n_rattle=args.n_rattle,
+            rattle_std_A=0.05,
+            n_strain=args.n_strain,
+            strain=0.02,
+            split=(0.7, 0.15, 0.15),
+            seed=args.seed,
+        )
         samples.write(samples_dir)
     timings["sample"] = time.perf_counter() - t
     report["samples"] = {"n": len(samples), "counts": samples.counts(), "origins": {o: int(np.sum(samples.origin == o)) for o in sorted(set(samples.origin.tolist()))}}
@@ -126,12 +140,34 @@ def main() -> None:
     students = {}
     for name, lam in (("hessian", 400.0), ("baseline", 0.0)):
         t = time.perf_counter()
-        res = distill.train_student(store, architecture=arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lambda_kd=lam, rows_per_structure=args.rows_per_structure, seed=args.seed, out_dir=out / f"student-{name}")
+        res = distill.train_student(
+            store,
+            architecture=arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lambda_kd=lam,
+            rows_per_structure=args.rows_per_structure,
+            seed=args.seed,
+            out_dir=out / f"student-{name}",
+        )
         timings[f"train_{name}"] = time.perf_counter() - t
         students[name] = res
         print(f"train {name}: {timings[f'train_{name}']:.0f} s, test {res.metrics['test']}", flush=True)
     report["students"] = {
-        name: {"lambda_kd": res.config["lambda_kd"], "test": res.metrics["test"], "valid": res.metrics["valid"], "best_epoch": res.metrics["best_epoch"], "epochs_run": res.metrics["epochs_run"], "n_parameters": int(sum(p.numel() for p in res.adapter.module.parameters())), "architecture": res.config["architecture"], "history": [{k: v for k, v in row.items() if k in ("epoch", "train_loss", "train_force_l2mae", "train_hessian_l2mae", "val_force_mae", "val_energy_mae_per_atom", "epoch_time_s")} for row in res.history]}
+        name: {
+            "lambda_kd": res.config["lambda_kd"],
+            "test": res.metrics["test"],
+            "valid": res.metrics["valid"],
+            "best_epoch": res.metrics["best_epoch"],
+            "epochs_run": res.metrics["epochs_run"],
+            "n_parameters": int(sum(p.numel() for p in res.adapter.module.parameters())),
+            "architecture": res.config["architecture"],
+            "history": [
+                {k: v for k, v in row.items() if k in ("epoch", "train_loss", "train_force_l2mae", "train_hessian_l2mae", "val_force_mae", "val_energy_mae_per_atom", "epoch_time_s")}
+                for row in res.history
+            ],
+        }
         for name, res in students.items()
     }
     mae_h, mae_b = (students[n].metrics["test"]["force_mae"] for n in ("hessian", "baseline"))
@@ -148,7 +184,20 @@ def main() -> None:
     t = time.perf_counter()
     steps = int(round(args.md_ps * 1000 / args.md_timestep_fs))
     atoms = si_cell(2)
-    md = MolecularDynamics(atoms, student_calc, ensemble="nve", temperature_K=300.0, initial_temperature_K=600.0, timestep_fs=args.md_timestep_fs, steps=steps, log_interval=max(steps // 200, 1), trajectory=False, seed=args.seed, prefix=out / "nve" / "si64", progress=False)
+    md = MolecularDynamics(
+        atoms,
+        student_calc,
+        ensemble="nve",
+        temperature_K=300.0,
+        initial_temperature_K=600.0,
+        timestep_fs=args.md_timestep_fs,
+        steps=steps,
+        log_interval=max(steps // 200, 1),
+        trajectory=False,
+        seed=args.seed,
+        prefix=out / "nve" / "si64",
+        progress=False,
+    )
     md_res = md.run()
     timings["nve_md"] = time.perf_counter() - t
     e_tot = md_res.log["E_tot_eV"]
@@ -180,16 +229,29 @@ def markdown(r: dict) -> str:
     lines.append(f"CPU: {r['cpus']} cores (shared), torch threads {r['torch_threads']}. Samples: {r['samples']['n']} {r['samples']['counts']}, origins {r['samples']['origins']}.")
     lines += ["", "## Wall time per stage (s)", "", "| stage | s |", "| --- | ---: |"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
-    lines += ["", "## Held-out (test split) errors against the teacher", "", "| student | λ_KD | params | best epoch / run | force MAE (eV/Å) | force RMSE (eV/Å) | energy MAE (meV/atom) | stress MAE (meV/Å³) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Held-out (test split) errors against the teacher",
+        "",
+        "| student | λ_KD | params | best epoch / run | force MAE (eV/Å) | force RMSE (eV/Å) | energy MAE (meV/atom) | stress MAE (meV/Å³) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, s in r["students"].items():
         te = s["test"]
-        lines.append(f"| {name} | {s['lambda_kd']:g} | {s['n_parameters']} | {s['best_epoch']} / {s['epochs_run']} | {te['force_mae']:.4f} | {te['force_rmse']:.4f} | {1e3 * te['energy_mae_per_atom']:.2f} | {1e3 * te.get('stress_mae', float('nan')):.3f} |")
+        lines.append(
+            f"| {name} | {s['lambda_kd']:g} | {s['n_parameters']} | {s['best_epoch']} / {s['epochs_run']} | {te['force_mae']:.4f} | {te['force_rmse']:.4f} | {1e3 * te['energy_mae_per_atom']:.2f} | {1e3 * te.get('stress_mae', float('nan')):.3f} |"
+        )
     c = r["central_claim"]
     lines += ["", f"With the Hessian term the test force MAE is {100 * c['relative_change']:+.1f} % relative to the baseline (same data, epochs and seed). Outcome: **{c['winner']}**."]
     lines += ["", "## Speed: one energy+forces+stress call (median ms, interleaved)", "", "| atoms | student | teacher (CHGNet) | speed-up |", "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {n} | {v['student_ms']:.1f} | {v['teacher_ms']:.1f} | {v['speedup']:.1f}x |" for n, v in r["speed"].items()]
     m = r["nve_md"]
-    lines += ["", "## NVE MD with the distilled student (64 atoms)", "", f"{m['length_ps']} ps, {m['steps']} steps of {m['timestep_fs']} fs, {m['dtype']}, velocities drawn at {m['initial_temperature_K']:.0f} K (equipartition -> ~300 K), mean T {m['mean_temperature_K']:.0f} K: drift {m['drift_eV_per_atom_per_ps']:.2e} eV/atom/ps, max |ΔE_tot| {m['max_abs_dE_tot_eV_per_atom']:.2e} eV/atom, wall {m['wall_s']:.0f} s."]
+    lines += [
+        "",
+        "## NVE MD with the distilled student (64 atoms)",
+        "",
+        f"{m['length_ps']} ps, {m['steps']} steps of {m['timestep_fs']} fs, {m['dtype']}, velocities drawn at {m['initial_temperature_K']:.0f} K (equipartition -> ~300 K), mean T {m['mean_temperature_K']:.0f} K: drift {m['drift_eV_per_atom_per_ps']:.2e} eV/atom/ps, max |ΔE_tot| {m['max_abs_dE_tot_eV_per_atom']:.2e} eV/atom, wall {m['wall_s']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 

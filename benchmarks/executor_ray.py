@@ -209,7 +209,24 @@ def fault_test(args, work: Path) -> dict:
 
     folder = work / "fault"
     folder.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--n", str(args.n), "--chunk-size", str(args.chunk_size), "--workers", str(args.workers), "--kill-worker-after", str(args.kill_worker_after), "--kill-driver-after", str(args.kill_driver_after), "--fault-driver", str(folder)]
+    base = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--model",
+        args.model,
+        "--n",
+        str(args.n),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--workers",
+        str(args.workers),
+        "--kill-worker-after",
+        str(args.kill_worker_after),
+        "--kill-driver-after",
+        str(args.kill_driver_after),
+        "--fault-driver",
+        str(folder),
+    ]
     if args.dtype:
         base += ["--dtype", args.dtype]
     t0 = time.perf_counter()

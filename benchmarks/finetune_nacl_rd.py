@@ -74,17 +74,19 @@ def main(argv=None) -> int:
             adapter = CHGNetAdapter.load(device="cpu")
             t0 = time.perf_counter()
             result = finetune(adapter, train, valid, trainable=trainable, epochs=args.epochs, lr=lr, progress=False)
-            rows.append({
-                "shots": shots,
-                "method": f"fine-tune {trainable}",
-                "lr": lr,
-                "epochs": args.epochs,
-                "best_epoch": result.metrics["best_epoch"],
-                "train_force_mae": result.metrics["after"]["train"]["force_mae"],
-                "valid_force_mae": result.metrics["after"]["valid"]["force_mae"],
-                "test_force_mae": force_mae(adapter, test),
-                "seconds": time.perf_counter() - t0,
-            })
+            rows.append(
+                {
+                    "shots": shots,
+                    "method": f"fine-tune {trainable}",
+                    "lr": lr,
+                    "epochs": args.epochs,
+                    "best_epoch": result.metrics["best_epoch"],
+                    "train_force_mae": result.metrics["after"]["train"]["force_mae"],
+                    "valid_force_mae": result.metrics["after"]["valid"]["force_mae"],
+                    "test_force_mae": force_mae(adapter, test),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             print(f"# {shots}-shot {trainable}: done in {rows[-1]['seconds']:.0f} s", flush=True)
     print(f"\nNaCl-rd CHGNet 0.3.0: train on supercells 0..n-1, validate on {VALID}, test on {TEST} ({len(TEST) * 64 * 3} force components)\n")
     print("| shots | method | c | best epoch | train MAE (meV/Å) | test force MAE (meV/Å) |\n|---|---|---|---|---|---|")

@@ -189,7 +189,9 @@ def torchsim_md(adapter, systems, steps: int) -> float:
     model = TorchSimModel(adapter, compute_stress=False)
     state = ts.io.atoms_to_state(systems, adapter.device, adapter.dtype)
     units = ts.units.MetalUnits  # time in ps
-    init_fn, step_fn = ts.nve(model=model, dt=torch.tensor(0.001 * units.time, dtype=adapter.dtype, device=adapter.device), kT=torch.tensor(300 * units.temperature, dtype=adapter.dtype, device=adapter.device), seed=0)
+    init_fn, step_fn = ts.nve(
+        model=model, dt=torch.tensor(0.001 * units.time, dtype=adapter.dtype, device=adapter.device), kT=torch.tensor(300 * units.temperature, dtype=adapter.dtype, device=adapter.device), seed=0
+    )
     state = step_fn(init_fn(state))  # warm-up
     sync()
     t = time.perf_counter()

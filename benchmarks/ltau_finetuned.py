@@ -87,20 +87,57 @@ def main(argv=None) -> int:
     disp, fsets = DATA / "phonopy_disp.yaml", DATA / "FORCE_SETS"
     data = read_phonopy_dataset(disp, fsets)
     run = args.work / "finetune"
-    report: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "split": {"train": TRAIN, "finetune_valid": VALID, "calibration": CALIBRATION, "test": TEST}, "threads": 1}
+    report: dict = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "split": {"train": TRAIN, "finetune_valid": VALID, "calibration": CALIBRATION, "test": TEST},
+        "threads": 1,
+    }
     t0 = time.perf_counter()
     if not (args.reuse and (run / "error_log.npz").is_file()):
         result = finetune(CHGNetAdapter.load(device="cpu"), data.subset(TRAIN), data.subset(VALID), trainable=args.trainable, epochs=args.epochs, lr=args.lr, out_dir=run, progress=False)
-        report["finetune"] = {"seconds": time.perf_counter() - t0, "best_epoch": result.metrics["best_epoch"], "train_force_mae": result.metrics["after"]["train"]["force_mae"], "valid_force_mae": result.metrics["after"]["valid"]["force_mae"], "before_valid_force_mae": result.metrics["before"]["valid"]["force_mae"]}
+        report["finetune"] = {
+            "seconds": time.perf_counter() - t0,
+            "best_epoch": result.metrics["best_epoch"],
+            "train_force_mae": result.metrics["after"]["train"]["force_mae"],
+            "valid_force_mae": result.metrics["after"]["valid"]["force_mae"],
+            "before_valid_force_mae": result.metrics["before"]["valid"]["force_mae"],
+        }
         print(f"fine-tuned in {report['finetune']['seconds']:.0f} s: {report['finetune']}", flush=True)
     else:
         m = json.loads((run / "finetune.json").read_text())["metrics"]
-        report["finetune"] = {"seconds": m["train_time_s"], "best_epoch": m["best_epoch"], "train_force_mae": m["after"]["train"]["force_mae"], "valid_force_mae": m["after"]["valid"]["force_mae"], "before_valid_force_mae": m["before"]["valid"]["force_mae"], "reused": str(run)}
+        report["finetune"] = {
+            "seconds": m["train_time_s"],
+            "best_epoch": m["best_epoch"],
+            "train_force_mae": m["after"]["train"]["force_mae"],
+            "valid_force_mae": m["after"]["valid"]["force_mae"],
+            "before_valid_force_mae": m["before"]["valid"]["force_mae"],
+            "reused": str(run),
+        }
 
     index = args.work / "ltau"
     cal_spec = f"{disp} + {fsets}[{','.join(map(str, CALIBRATION))}]"
     t0 = time.perf_counter()
-    rc = cli(["ltau", "build", str(run), "--out", str(index), "--burn-in", str(args.burn_in), "--n-bins", str(args.n_bins), "--calibration", cal_spec, "--threads", "1", "--device", "cpu", "--out-dir", str(args.work)])
+    rc = cli(
+        [
+            "ltau",
+            "build",
+            str(run),
+            "--out",
+            str(index),
+            "--burn-in",
+            str(args.burn_in),
+            "--n-bins",
+            str(args.n_bins),
+            "--calibration",
+            cal_spec,
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(args.work),
+        ]
+    )
     if rc:
         return rc
     report["build_s"] = time.perf_counter() - t0
@@ -134,7 +171,15 @@ def main(argv=None) -> int:
     diag = {"spearman_by_k": {}, "spearman_ood_score_vs_error": spearman(ood_test, err)}
     for kk in (1, 5, 10, 20, 50):
         diag["spearman_by_k"][kk] = spearman(ltau.predict(desc, numbers, k=kk).expected, err)
-    diag["by_element"] = {int(z): {"n": int((numbers == z).sum()), "error_mean": float(err[numbers == z].mean()), "predicted_mean": float(pred[numbers == z].mean()), "spearman_rho": spearman(pred[numbers == z], err[numbers == z])} for z in np.unique(numbers)}
+    diag["by_element"] = {
+        int(z): {
+            "n": int((numbers == z).sum()),
+            "error_mean": float(err[numbers == z].mean()),
+            "predicted_mean": float(pred[numbers == z].mean()),
+            "spearman_rho": spearman(pred[numbers == z], err[numbers == z]),
+        }
+        for z in np.unique(numbers)
+    }
     log = read_npz(run / "error_log.npz", kind="error log")["errors"]
     kept = log[args.burn_in :]
     diag["in_sample"] = {
@@ -153,7 +198,15 @@ def main(argv=None) -> int:
         atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
         atoms.rattle(amp, seed=seed)
         ood_sets[name] = calc.evaluate([atoms], ("energy", "forces"))[0]
-    report["ood_auroc"] = {name: {"n_atoms": len(r["ood_score"]), "ood_score": auroc(ood_test, r["ood_score"]), "forces_uncertainty": auroc(pred, r["forces_uncertainty"]), "predicted_mean": float(np.mean(r["forces_uncertainty"]))} for name, r in ood_sets.items()}
+    report["ood_auroc"] = {
+        name: {
+            "n_atoms": len(r["ood_score"]),
+            "ood_score": auroc(ood_test, r["ood_score"]),
+            "forces_uncertainty": auroc(pred, r["forces_uncertainty"]),
+            "predicted_mean": float(np.mean(r["forces_uncertainty"])),
+        }
+        for name, r in ood_sets.items()
+    }
     print(json.dumps(report["ood_auroc"], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-
 from ltau_speed import brute_ids, med_ms, recall, synthetic
 
 
@@ -76,7 +75,15 @@ def main():
         print(row, flush=True)
         rows.append(row)
         del index
-    report = {"command": "python benchmarks/ltau_hnsw_build.py " + " ".join(os.sys.argv[1:]), "cpu": os.cpu_count(), "load_average_at_start": list(os.getloadavg()), "n": args.n, "k": args.k, "queries": len(q), "rows": rows}
+    report = {
+        "command": "python benchmarks/ltau_hnsw_build.py " + " ".join(os.sys.argv[1:]),
+        "cpu": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "n": args.n,
+        "k": args.k,
+        "queries": len(q),
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -113,10 +113,10 @@ def main():
     faiss.omp_set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mlff_calc").setLevel(logging.INFO)
+    from ase import units
     from ase.build import bulk
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase import units
 
     import mlff_calc
     from mlff_calc import distill
@@ -144,7 +144,10 @@ def main():
     ltau = build_ltau(student, store, student_dir / "error_log.npz", out / "ltau", n_bins=args.n_bins, burn_in=args.burn_in, calibration=store)
     report["build_s"] = time.perf_counter() - t
     report["calibration"] = ltau.calibration.as_dict()
-    print(f"LTAU built in {report['build_s']:.1f} s: k={ltau.k} scale={ltau.calibration.scale:.3f} coverage {ltau.calibration.coverage:.3f} (uncalibrated {ltau.calibration.coverage_uncalibrated:.3f})", flush=True)
+    print(
+        f"LTAU built in {report['build_s']:.1f} s: k={ltau.k} scale={ltau.calibration.scale:.3f} coverage {ltau.calibration.coverage:.3f} (uncalibrated {ltau.calibration.coverage_uncalibrated:.3f})",
+        flush=True,
+    )
 
     calc = MLFFCalculator(student, layers=[LTAULayer.from_dir(out / "ltau", tolerance_eV_per_A=0.05)])
     test = store.records("test")
@@ -231,7 +234,11 @@ def main():
         report["query_only_ms"][name] = {"k": lt.k, "median_ms": 1e3 * statistics.median(timed(lambda: lt.index.query(qdesc, cell.numbers, lt.k), 5))}
         report["query_only_ms"][name]["predict_ms"] = 1e3 * statistics.median(timed(lambda: lt.predict(qdesc, cell.numbers, tolerance=0.05), 5))
     for k in (1, 5, 10, 20, 50):
-        report["query_only_ms"][f"real_exact_k{k}"] = {"k": k, "median_ms": 1e3 * statistics.median(timed(lambda: ltau.index.query(qdesc, cell.numbers, k), 5)), "predict_ms": 1e3 * statistics.median(timed(lambda: ltau.predict(qdesc, cell.numbers, tolerance=0.05, k=k), 5))}
+        report["query_only_ms"][f"real_exact_k{k}"] = {
+            "k": k,
+            "median_ms": 1e3 * statistics.median(timed(lambda: ltau.index.query(qdesc, cell.numbers, k), 5)),
+            "predict_ms": 1e3 * statistics.median(timed(lambda: ltau.predict(qdesc, cell.numbers, tolerance=0.05, k=k), 5)),
+        }
     print(json.dumps(report["query_only_ms"], indent=1), flush=True)
 
     calcs = {"bare": bare, **{name: MLFFCalculator(student, layers=[LTAULayer(lt, tolerance_eV_per_A=0.05)]) for name, lt in variants.items()}}

@@ -190,7 +190,13 @@ def main():
         lt, build = make(X[: args.n_exact], P[: args.n_exact], exact_search=engine)
         got, _ = lt.index.query(q, k=k)  # builds the tree / blocks
         name = f"exact100k_{engine}"
-        report["indexes"][name] = {"n": args.n_exact, "build_s": build, "recall_at_k": recall(got, truth_e), "query_ms": med_ms(lambda: lt.index.query(q, k=k)), "predict_ms": med_ms(lambda: lt.predict(q, tolerance=0.05))}
+        report["indexes"][name] = {
+            "n": args.n_exact,
+            "build_s": build,
+            "recall_at_k": recall(got, truth_e),
+            "query_ms": med_ms(lambda: lt.index.query(q, k=k)),
+            "predict_ms": med_ms(lambda: lt.predict(q, tolerance=0.05)),
+        }
         indexes[name] = lt
         print(name, report["indexes"][name], flush=True)
 
@@ -217,12 +223,27 @@ def main():
     hn, build = make(X, P, kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=16)
     rows, ef = sweep(hn, set_ef, (16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256), "ef_search")
     set_ef(hn, ef)
-    report["indexes"]["hnsw1M"] = {"n": args.n_large, "m": args.hnsw_m, "ef_construction": args.ef_construction, "build_s": build, "sweep": rows, "ef_search": ef, "predict_ms": med_ms(lambda: hn.predict(q, tolerance=0.05))}
+    report["indexes"]["hnsw1M"] = {
+        "n": args.n_large,
+        "m": args.hnsw_m,
+        "ef_construction": args.ef_construction,
+        "build_s": build,
+        "sweep": rows,
+        "ef_search": ef,
+        "predict_ms": med_ms(lambda: hn.predict(q, tolerance=0.05)),
+    }
     indexes[f"hnsw1M_ef{ef}"] = hn
     iv, build = make(X, P, kind="ivf", ivf_nprobe=1)
     rows, probe = sweep(iv, set_probe, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "nprobe")
     set_probe(iv, probe)
-    report["indexes"]["ivf1M"] = {"n": args.n_large, "nlist": int(iv.index.indexes[0].nlist), "build_s": build, "sweep": rows, "nprobe": probe, "predict_ms": med_ms(lambda: iv.predict(q, tolerance=0.05))}
+    report["indexes"]["ivf1M"] = {
+        "n": args.n_large,
+        "nlist": int(iv.index.indexes[0].nlist),
+        "build_s": build,
+        "sweep": rows,
+        "nprobe": probe,
+        "predict_ms": med_ms(lambda: iv.predict(q, tolerance=0.05)),
+    }
     indexes[f"ivf1M_nprobe{probe}"] = iv
 
     calcs = {"bare": MLFFCalculator(adapter)}

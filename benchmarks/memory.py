@@ -135,7 +135,7 @@ def run_case(model: str, n_atoms: int, limit_gb: float, timeout_s: float) -> dic
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    record = json.loads(lines[-1][len("RESULT "):]) if lines else {"model": model, "n_atoms": n_atoms, "limit_gb": limit_gb}
+    record = json.loads(lines[-1][len("RESULT ") :]) if lines else {"model": model, "n_atoms": n_atoms, "limit_gb": limit_gb}
     if not lines:
         if timed_out:
             record["status"] = f"stopped after {timeout_s:.0f} s (timeout)"
@@ -158,7 +158,19 @@ def markdown(records: list[dict]) -> str:
         delta = round(peak - base, 1) if peak is not None and base is not None else None
         per_k = round(delta / (r["n_atoms"] / 1000), 1) if delta is not None and r.get("status") == "ok" else None
         peak_txt = peak if peak is not None else "-"
-        cells = [r["model"], f"{r['n_atoms']:,}", f"{r['edges']:,}" if "edges" in r else "-", r.get("load_s", "-"), r.get("call_s", "-"), r.get("warm_call_s", "-"), base or "-", peak_txt, delta if delta is not None else "-", per_k if per_k is not None else "-", r.get("status", "?").replace("|", "/")]
+        cells = [
+            r["model"],
+            f"{r['n_atoms']:,}",
+            f"{r['edges']:,}" if "edges" in r else "-",
+            r.get("load_s", "-"),
+            r.get("call_s", "-"),
+            r.get("warm_call_s", "-"),
+            base or "-",
+            peak_txt,
+            delta if delta is not None else "-",
+            per_k if per_k is not None else "-",
+            r.get("status", "?").replace("|", "/"),
+        ]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return head + "\n".join(rows) + "\n"
 

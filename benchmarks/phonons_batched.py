@@ -156,14 +156,21 @@ def main(argv=None) -> int:
     print("\n| model | case | supercells × atoms | torch threads | batched (s) | one-by-one (s) | one-by-one / batched |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['case']} | {r['n_structures']} × {r['n_atoms']} | {r['threads']} ({r['torch_threads']}) | {r['batched_median_s']:.3f} | {r['one_by_one_median_s']:.3f} | {r['ratio_one_by_one_over_batched']:.2f} |")
+        print(
+            f"| {r['model']} | {r['case']} | {r['n_structures']} × {r['n_atoms']} | {r['threads']} ({r['torch_threads']}) | {r['batched_median_s']:.3f} | {r['one_by_one_median_s']:.3f} | {r['ratio_one_by_one_over_batched']:.2f} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "default_torch_threads": default_threads},
-            "repeats": args.repeats,
-            "rows": rows,
-        }, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "default_torch_threads": default_threads},
+                    "repeats": args.repeats,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -76,7 +76,21 @@ def label_store(cache: Path, teacher, args):
     from mlff_calc import distill
 
     if not (cache / "labels" / "labels.json").is_file():
-        samples = distill.sample([si64()], teacher, temperatures_K=(300.0, 600.0), md_frames_per_T=40, md_interval=4, md_equilibration_steps=20, n_rattle=30, rattle_std_A=0.05, n_strain=30, strain=0.02, split=(0.7, 0.15, 0.15), seed=args.seed, progress=False)
+        samples = distill.sample(
+            [si64()],
+            teacher,
+            temperatures_K=(300.0, 600.0),
+            md_frames_per_T=40,
+            md_interval=4,
+            md_equilibration_steps=20,
+            n_rattle=30,
+            rattle_std_A=0.05,
+            n_strain=30,
+            strain=0.02,
+            split=(0.7, 0.15, 0.15),
+            seed=args.seed,
+            progress=False,
+        )
         samples.write(cache / "samples")
         return distill.label(samples, teacher, cache / "labels", chunk_size=16, n_rows=0, hessian_splits=(), seed=args.seed, progress=False)
     return distill.LabelStore(cache / "labels")
@@ -146,7 +160,15 @@ def evaluate_set(adapter, ref, structures, labels) -> list[dict]:
                 refined = adapter.evaluate([atoms], ("energy", "forces"), cutoff=choice.r_star)[0]["forces"]
                 with sharp_cut(adapter):
                     sharp = adapter.evaluate([atoms], ("energy", "forces"), cutoff=choice.r_star)[0]["forces"]
-            row[d] = {"r_star": choice.r_star, "r_grid": choice.r_grid, "gap_A": list(choice.gap), "mae": mae(refined, f_teacher), "mae_sharp": mae(sharp, f_teacher), "min_distance": float(choice.distances.min()), "distance_at_native": float(choice.distances[-1])}
+            row[d] = {
+                "r_star": choice.r_star,
+                "r_grid": choice.r_grid,
+                "gap_A": list(choice.gap),
+                "mae": mae(refined, f_teacher),
+                "mae_sharp": mae(sharp, f_teacher),
+                "min_distance": float(choice.distances.min()),
+                "distance_at_native": float(choice.distances[-1]),
+            }
         rows.append(row)
     return rows
 
@@ -232,11 +254,11 @@ def drift_stderr(time_ps, e, blocks: int = 10) -> float:
 
 def nve(student_calc, ref, *, start, label: str, temperature_K: float, ps: float, dt_fs: float, seed: int, switch_width: float | None) -> dict:
     """Velocity Verlet from the same positions and velocities, plain and with the layer (r* frozen, sharp or switched)."""
-    import mlff_calc
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
 
+    import mlff_calc
     from mlff_calc.errors import MLFFError
     from mlff_calc.layers.rewiring import RewiringLayer
 
@@ -307,7 +329,7 @@ def plot(path: Path, results: dict, md: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(results) + len(md), 2, figsize=(11, 4.0 * (len(results) + len(md))), squeeze=False)
-    for row, (label, runs) in zip(axes[len(results):], md.items()):
+    for row, (label, runs) in zip(axes[len(results) :], md.items()):
         for ax, names in zip(row, (list(NVE_RUNS), [n for n, how in NVE_RUNS.items() if how is None or how[1]])):
             for name in names:
                 run = runs[name]
@@ -345,8 +367,9 @@ def main() -> None:
 
     threadpool_limits(limits=1)
     logging.basicConfig(level=logging.WARNING)
-    import mlff_calc
     from ase.io import read, write
+
+    import mlff_calc
     from mlff_calc.rewiring import SpectrumReference, candidate_radii
 
     t_all = time.perf_counter()
@@ -404,7 +427,11 @@ def main() -> None:
             print(name, n, json.dumps(summarise(per_set[n], ref.cutoff, step)), flush=True)
         timings[f"refinement_{name}"] = time.perf_counter() - t
         students[name] = {
-            "model_id": adapter.model_id, "cutoff_A": adapter.cutoff, "source": adapter.source, "architecture": STUDENTS[name], "switch_width_A": adapter.switch_width_A,
+            "model_id": adapter.model_id,
+            "cutoff_A": adapter.cutoff,
+            "source": adapter.source,
+            "architecture": STUDENTS[name],
+            "switch_width_A": adapter.switch_width_A,
             "test_metrics": adapter.manifest.get("metrics", {}).get("test"),
             "reference": {"n_structures": ref.n_structures, "padded_size": ref.padded_size, "radii_A": grid.tolist(), "grid_step_A": step},
             "summary": {n: summarise(rows, ref.cutoff, step) for n, rows in per_set.items()},

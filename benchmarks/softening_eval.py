@@ -207,7 +207,9 @@ def main(argv=None) -> int:
     write_json(args.out_dir / "softening_eval.json", summary)
     compact = {"benchmark": "softening_eval", "wall_s": summary["wall_s"]}
     for r in rows:
-        compact[r["task"]] = {k: ({m: round(v, 4) for m, v in r["test_mae"].items()} if k == "test_mae" else {m: round(v, 4) for m, v in r["max_rel_err"].items()}) for k in ("test_mae", "max_rel_err") if k in r}
+        compact[r["task"]] = {
+            k: ({m: round(v, 4) for m, v in r["test_mae"].items()} if k == "test_mae" else {m: round(v, 4) for m, v in r["max_rel_err"].items()}) for k in ("test_mae", "max_rel_err") if k in r
+        }
         compact[r["task"]]["auto"] = f"{r['auto_candidate']}: {r['chosen']['auto']}"
         compact[r["task"]]["auto_not_worse_than_raw"] = r["auto_not_worse_than_raw"]
     print(json.dumps(compact))

@@ -51,7 +51,11 @@ def plot(path: Path, system: str, raw_wf, cor_wf, c: float) -> None:
     fig = Figure(figsize=(6.4, 4.6), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for series, color, ls, label in ((res_r.band_frequencies_THz, "C0", "-", "CHGNet raw"), (res_c.band_frequencies_THz, "C2", "-", f"CHGNet × softening (c = {c:.3f})"), (vasp, "k", "--", "VASP-PBE")):
+    for series, color, ls, label in (
+        (res_r.band_frequencies_THz, "C0", "-", "CHGNet raw"),
+        (res_c.band_frequencies_THz, "C2", "-", f"CHGNet × softening (c = {c:.3f})"),
+        (vasp, "k", "--", "VASP-PBE"),
+    ):
         for k, (d, f) in enumerate(zip(res_r.band_distances, series)):
             lines = ax.plot(d, f, color=color, ls=ls, lw=1.1)
             if k == 0:
@@ -134,7 +138,9 @@ def main(argv=None) -> int:
     fmt = lambda d: " / ".join(f"{d[k]:.2f}" for k in ("G", "X", "L"))  # noqa: E731
     for r in rows:
         ratio = " / ".join(f"{r['ratio_at_points'][k]:.4f}" for k in ("G", "X", "L"))
-        print(f"| {r['system']}{' (BORN)' if r['nac'] else ''} | {r['c']:.4f} ({r['fit_source']}) | {fmt(r['raw'])} | {fmt(r['corrected'])} | {fmt(r['vasp'])} | {ratio} | {r['sqrt_c']:.4f} | {r['band_ratio_min']:.4f} – {r['band_ratio_max']:.4f} |")
+        print(
+            f"| {r['system']}{' (BORN)' if r['nac'] else ''} | {r['c']:.4f} ({r['fit_source']}) | {fmt(r['raw'])} | {fmt(r['corrected'])} | {fmt(r['vasp'])} | {ratio} | {r['sqrt_c']:.4f} | {r['band_ratio_min']:.4f} – {r['band_ratio_max']:.4f} |"
+        )
     print()
     for r in rows:
         print(f"{r['system']}: band plot {r['png']}")

@@ -72,7 +72,22 @@ def train_stages(system: str, teacher, out: Path, args) -> tuple[Path, dict]:
     def do_sample():
         if (folder / "samples" / "samples.json").exists():
             return distill.SampleSet.read(folder / "samples")
-        samples = distill.sample([cell64(system)], teacher, temperatures_K=(300, 600, 900), md_frames_per_T=args.md_frames, md_interval=4, md_equilibration_steps=20, timestep_fs=2.0, n_rattle=args.n_rattle, rattle_std_A=0.05, n_strain=args.n_strain, strain=0.02, split=(0.7, 0.15, 0.15), seed=0, progress=False)
+        samples = distill.sample(
+            [cell64(system)],
+            teacher,
+            temperatures_K=(300, 600, 900),
+            md_frames_per_T=args.md_frames,
+            md_interval=4,
+            md_equilibration_steps=20,
+            timestep_fs=2.0,
+            n_rattle=args.n_rattle,
+            rattle_std_A=0.05,
+            n_strain=args.n_strain,
+            strain=0.02,
+            split=(0.7, 0.15, 0.15),
+            seed=0,
+            progress=False,
+        )
         samples.write(folder / "samples")
         return samples
 
@@ -82,7 +97,16 @@ def train_stages(system: str, teacher, out: Path, args) -> tuple[Path, dict]:
     student_dir = folder / args.student_name
     if not args.label_only:
         trained = (student_dir / "student.json").exists()
-        timed(f"train:{args.student_name}", trained, lambda: trained or distill.train_student(store, architecture=args.architecture, epochs=args.epochs, batch_size=4, lr=5e-3, lambda_kd=400.0, rows_per_structure=args.n_rows, seed=0, out_dir=student_dir, progress=False))
+        timed(
+            f"train:{args.student_name}",
+            trained,
+            lambda: (
+                trained
+                or distill.train_student(
+                    store, architecture=args.architecture, epochs=args.epochs, batch_size=4, lr=5e-3, lambda_kd=400.0, rows_per_structure=args.n_rows, seed=0, out_dir=student_dir, progress=False
+                )
+            ),
+        )
     times["n_samples"] = len(samples)
     return student_dir, times
 

@@ -75,7 +75,20 @@ def run_nve(calc, *, ps: float, timestep_fs: float, seed: int, prefix: Path) -> 
     if isinstance(calc, CurlForces):
         calc.ref = atoms.positions.copy()
     t = time.perf_counter()
-    md = MolecularDynamics(atoms, calc, ensemble="nve", temperature_K=300.0, initial_temperature_K=600.0, timestep_fs=timestep_fs, steps=steps, log_interval=max(steps // 500, 1), trajectory=False, seed=seed, prefix=prefix, progress=False)
+    md = MolecularDynamics(
+        atoms,
+        calc,
+        ensemble="nve",
+        temperature_K=300.0,
+        initial_temperature_K=600.0,
+        timestep_fs=timestep_fs,
+        steps=steps,
+        log_interval=max(steps // 500, 1),
+        trajectory=False,
+        seed=seed,
+        prefix=prefix,
+        progress=False,
+    )
     res = md.run()
     wall = time.perf_counter() - t
     e = np.asarray(res.log["E_tot_eV"])
@@ -138,13 +151,17 @@ def main() -> None:
             runs[name] = run_nve(calc, ps=args.ps, timestep_fs=args.timestep_fs, seed=args.seed, prefix=args.out / name)
             print(name, {k: v for k, v in runs[name].items() if not isinstance(v, list)}, flush=True)
     if args.json:
-        runs = merge(args.json, runs, {
-            "command": "OMP_NUM_THREADS=1 python benchmarks/student_md_drift.py --student <folder> [--compiled] [--only NAME] --json ... --png ...",
-            "student": args.student,
-            "compiled": args.compiled,
-            "kappa_eV_per_A2": args.kappa,
-            "curl_axis": [1, 1, 1],
-        })
+        runs = merge(
+            args.json,
+            runs,
+            {
+                "command": "OMP_NUM_THREADS=1 python benchmarks/student_md_drift.py --student <folder> [--compiled] [--only NAME] --json ... --png ...",
+                "student": args.student,
+                "compiled": args.compiled,
+                "kappa_eV_per_A2": args.kappa,
+                "curl_axis": [1, 1, 1],
+            },
+        )
     if args.png:
         plot(args.png, runs)
 

@@ -56,9 +56,11 @@ def student_calcs(path: str | None, architectures: dict) -> dict:
     from mlff_calc.calculator import MLFFCalculator
     from mlff_calc.models.student import StudentAdapter
 
-    makers = {"student": lambda: mlff_calc.load(path, device="cpu").adapter} if path else {
-        f"student[{name}]": (lambda arch=arch: StudentAdapter.create([14], dtype="float32", architecture=arch)) for name, arch in architectures.items()
-    }
+    makers = (
+        {"student": lambda: mlff_calc.load(path, device="cpu").adapter}
+        if path
+        else {f"student[{name}]": (lambda arch=arch: StudentAdapter.create([14], dtype="float32", architecture=arch)) for name, arch in architectures.items()}
+    )
     calcs = {}
     for name, make in makers.items():
         calcs[name] = MLFFCalculator(make())
@@ -123,7 +125,14 @@ def main() -> None:
     if args.json:
         report = {
             "command": "OMP_NUM_THREADS=1 python benchmarks/student_speed.py " + " ".join(os.sys.argv[1:]),
-            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(), "torch": torch.__version__, "note": "shared 2-core CPU", "load_average_at_start_and_end": [load_start, list(os.getloadavg())]},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "processor": platform.processor(),
+                "torch": torch.__version__,
+                "note": "shared 2-core CPU",
+                "load_average_at_start_and_end": [load_start, list(os.getloadavg())],
+            },
             "repeats": args.repeats,
             "calls_per_round": args.calls_per_round,
             "students": {name: {"architecture": calcs[name].adapter.architecture, "n_parameters": int(sum(p.numel() for p in calcs[name].adapter.module.parameters()))} for name in students},

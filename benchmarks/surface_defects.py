@@ -133,7 +133,9 @@ def surfaces(calc, element: str, structure: str, a: float, miller, planes: list[
                 row["relax_converged"] = res.relax_converged
             row[f"{key}_s"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"  {element}{tuple(miller)} {n:2d} planes: γ = {row['unrelaxed_J_per_m2']:.3f} (unrelaxed), {row['relaxed_J_per_m2']:.3f} J/m² (relaxed, converged={row['relax_converged']})", flush=True)
+        print(
+            f"  {element}{tuple(miller)} {n:2d} planes: γ = {row['unrelaxed_J_per_m2']:.3f} (unrelaxed), {row['relaxed_J_per_m2']:.3f} J/m² (relaxed, converged={row['relax_converged']})", flush=True
+        )
     return rows
 
 
@@ -156,7 +158,9 @@ def vacancies(calc, element: str, structure: str, a: float, sizes: list[int]) ->
                 row["relax_converged"] = res.relax_converged
             row[f"{key}_s"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"  {element} vacancy, {row['n_atoms_host']}-atom host: E_f = {row['unrelaxed_eV']:.3f} (unrelaxed), {row['relaxed_eV']:.3f} eV (relaxed, converged={row['relax_converged']})", flush=True)
+        print(
+            f"  {element} vacancy, {row['n_atoms_host']}-atom host: E_f = {row['unrelaxed_eV']:.3f} (unrelaxed), {row['relaxed_eV']:.3f} eV (relaxed, converged={row['relax_converged']})", flush=True
+        )
     return rows
 
 

@@ -69,7 +69,18 @@ def main() -> None:
     rows = [{"n_atoms": n, "threads": t, "ms_per_call": round(1e3 * s, 2)} for (n, t), s in sorted(best.items())]
     speedup = {str(n): round(best[(n, 1)] / best[(n, max(args.threads))], 3) for n in sizes}
     load = os.getloadavg()
-    print(json.dumps({"benchmark": "threads_default", "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in load], "rows": rows, f"speedup_{max(args.threads)}_threads": speedup, "wall_s": round(time.time() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "threads_default",
+                "cpus": os.cpu_count(),
+                "load_average": [round(x, 2) for x in load],
+                "rows": rows,
+                f"speedup_{max(args.threads)}_threads": speedup,
+                "wall_s": round(time.time() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

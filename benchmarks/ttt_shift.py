@@ -159,7 +159,21 @@ def main():
     t0 = time.perf_counter()
     store_dir = out / "labels"
     if not (store_dir / "labels.json").exists():
-        samples = distill.sample([cu32()], teacher, temperatures_K=(300.0, 600.0), md_frames_per_T=30, md_interval=4, md_equilibration_steps=20, n_rattle=20, rattle_std_A=0.04, n_strain=20, strain=0.02, split=(0.8, 0.1, 0.1), seed=args.seed, progress=False)
+        samples = distill.sample(
+            [cu32()],
+            teacher,
+            temperatures_K=(300.0, 600.0),
+            md_frames_per_T=30,
+            md_interval=4,
+            md_equilibration_steps=20,
+            n_rattle=20,
+            rattle_std_A=0.04,
+            n_strain=20,
+            strain=0.02,
+            split=(0.8, 0.1, 0.1),
+            seed=args.seed,
+            progress=False,
+        )
         distill.label(samples, teacher, store_dir, n_rows=0, full_hessian_max_dof=0, seed=args.seed, progress=False)
     store = distill.LabelStore(store_dir)
     timings["sample_label_s"] = time.perf_counter() - t0

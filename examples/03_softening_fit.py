@@ -1,6 +1,6 @@
 """Fit the softening scale of CHGNet on one DFT supercell and apply it.
 
-    python examples/03_softening_fit.py ../shared/data/phonopy/NaCl-rd
+python examples/03_softening_fit.py ../shared/data/phonopy/NaCl-rd
 """
 
 import sys
@@ -14,7 +14,7 @@ folder = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/phonopy/NaCl
 data = read_phonopy_dataset(folder / "phonopy_disp.yaml", folder / "FORCE_SETS")
 calc = mlff_calc.load("chgnet", device="cpu")
 
-fit = fit_scale(calc, data[:1])                 # one supercell is enough for a scalar
+fit = fit_scale(calc, data[:1])  # one supercell is enough for a scalar
 fit.save("nacl-softening.json")
 print(f"c = {fit.c:.4f}  (the model's forces are {100 * (1 - 1 / fit.c):.0f}% too soft)")
 

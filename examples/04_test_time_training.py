@@ -35,8 +35,10 @@ def force_mae():
 
 
 before = force_mae()
-history = calc.adapt(slabs)["ttt"]              # EMT labels only; no CHGNet call
-print(f"force MAE vs CHGNet on slabs: {1e3 * before:.1f} -> {1e3 * force_mae():.1f} meV/Å; "
-      f"prior loss {history['prior_loss_initial']:.3g} -> {history['prior_loss_final']:.3g} in {history['wall_time_s']:.0f} s")
-calc.layers[0].save("cu-slab-adapted/")          # reuse with: mlff-calc md slab.xyz --model cu-ttt-student/ --ttt cu-slab-adapted/
-calc.reset_layers()                              # back to the pristine weights
+history = calc.adapt(slabs)["ttt"]  # EMT labels only; no CHGNet call
+print(
+    f"force MAE vs CHGNet on slabs: {1e3 * before:.1f} -> {1e3 * force_mae():.1f} meV/Å; "
+    f"prior loss {history['prior_loss_initial']:.3g} -> {history['prior_loss_final']:.3g} in {history['wall_time_s']:.0f} s"
+)
+calc.layers[0].save("cu-slab-adapted/")  # reuse with: mlff-calc md slab.xyz --model cu-ttt-student/ --ttt cu-slab-adapted/
+calc.reset_layers()  # back to the pristine weights

@@ -228,7 +228,4 @@ def backend(extra: str, what: str):
     try:
         yield
     except ImportError as exc:
-        raise ModelLoadError(
-            f"{what} needs the optional backend {EXTRAS[extra]} ({exc.name or 'a module'} cannot be imported: {exc}); "
-            f"install it with: pip install 'mlff_calc[{extra}]'"
-        ) from exc
+        raise ModelLoadError(f"{what} needs the optional backend {EXTRAS[extra]} ({exc.name or 'a module'} cannot be imported: {exc}); install it with: pip install 'mlff_calc[{extra}]'") from exc

@@ -129,9 +129,7 @@ def check_manifest(manifest: dict, *, fmt: str, versions: tuple[int, ...], path)
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         raise ArtifactError(f"{path} is not a {fmt} artifact (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
     if manifest.get("format_version") not in versions:
-        raise ArtifactError(
-            f"{path} has {fmt} format version {manifest.get('format_version')!r}; this mlff_calc reads {list(versions)}"
-        )
+        raise ArtifactError(f"{path} has {fmt} format version {manifest.get('format_version')!r}; this mlff_calc reads {list(versions)}")
 
 
 def _jsonable(value):

@@ -194,5 +194,6 @@ def load(model="chgnet", device="auto", dtype=None, *, layers=(), family=None, m
     objects, applied in order.
     """
     from .models.registry import load_adapter
+
     adapter = load_adapter(model, device=device, dtype=dtype, family=family, verify=verify)
     return MLFFCalculator(adapter, layers=list(layers), min_distance=min_distance)

@@ -28,24 +28,23 @@ def check_atoms(atoms: Atoms, elements: frozenset[int], model_id: str, *, min_di
         lengths = atoms.cell.lengths()
         for axis in np.where(atoms.pbc)[0]:
             if lengths[axis] < 1e-6:
-                raise InvalidStructureError(
-                    f"the structure is periodic along axis {axis} but its cell vector there has zero length"
-                )
+                raise InvalidStructureError(f"the structure is periodic along axis {axis} but its cell vector there has zero length")
         if np.linalg.matrix_rank(atoms.cell.array[atoms.pbc], tol=1e-6) < atoms.pbc.sum() or (atoms.pbc.all() and abs(atoms.cell.volume) < 1e-6):
-            raise InvalidStructureError(f"the periodic cell has zero volume: the cell vectors of periodic axes {np.where(atoms.pbc)[0].tolist()} are linearly dependent ({atoms.cell.array[atoms.pbc].tolist()}); give those axes independent vectors")
+            raise InvalidStructureError(
+                f"the periodic cell has zero volume: the cell vectors of periodic axes {np.where(atoms.pbc)[0].tolist()} are linearly dependent ({atoms.cell.array[atoms.pbc].tolist()}); give those axes independent vectors"
+            )
     unknown = {int(z) for z in np.unique(atoms.numbers)} - set(elements)
     if unknown:
         raise UnsupportedElementError([_symbol(z) for z in unknown], model_id)
     if min_distance:
         if atoms.pbc.all() and abs(atoms.cell.volume) / len(atoms) < min_distance**3 / np.sqrt(2):  # denser than close packing: skip the (slow) search
-            raise InvalidStructureError(f"{len(atoms)} atoms in a periodic cell of {abs(atoms.cell.volume):.3g} Å³ cannot all be {min_distance} Å apart (denser than close packing); pass min_distance=None to evaluate anyway")
+            raise InvalidStructureError(
+                f"{len(atoms)} atoms in a periodic cell of {abs(atoms.cell.volume):.3g} Å³ cannot all be {min_distance} Å apart (denser than close packing); pass min_distance=None to evaluate anyway"
+            )
         closest = closest_distance(atoms, min_distance)
         if closest is not None:
             d, i, j = closest
-            raise InvalidStructureError(
-                f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {d:.3f} Å apart, "
-                f"closer than {min_distance} Å; pass min_distance=None to evaluate anyway"
-            )
+            raise InvalidStructureError(f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {d:.3f} Å apart, closer than {min_distance} Å; pass min_distance=None to evaluate anyway")
 
 
 def closest_distance(atoms: Atoms, below: float):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ase.calculators.calculator import (
     CalculationFailed as _AseCalculationFailed,
+)
+from ase.calculators.calculator import (
     CalculatorSetupError,
     PropertyNotImplementedError,
 )
@@ -32,10 +34,7 @@ class UnsupportedElementError(InvalidStructureError):
     def __init__(self, elements, model_id: str):
         self.elements = sorted(set(elements))
         self.model_id = model_id
-        super().__init__(
-            f"elements {', '.join(self.elements)} are not covered by model '{model_id}'; "
-            "choose a model that covers them or remove those atoms"
-        )
+        super().__init__(f"elements {', '.join(self.elements)} are not covered by model '{model_id}'; choose a model that covers them or remove those atoms")
 
 
 class ModelLoadError(MLFFError, CalculatorSetupError):

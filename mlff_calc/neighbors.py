@@ -92,7 +92,7 @@ def bounding_cell(atoms: Atoms, margin: float) -> np.ndarray:
     if pbc.all():
         return cell
     periodic = cell[pbc]
-    complement = np.linalg.svd(periodic)[2][len(periodic):] if len(periodic) else np.eye(3)
+    complement = np.linalg.svd(periodic)[2][len(periodic) :] if len(periodic) else np.eye(3)
     for axis, direction in zip(np.where(~pbc)[0], complement):
         along = atoms.positions @ direction
         span = float(np.ptp(along)) if len(atoms) else 0.0

@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-
 from helpers import SHARED, require_backend, shared_path
 
 os.environ.setdefault("MLFF_CALC_MODEL_DIR", str(SHARED / "models"))

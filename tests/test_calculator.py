@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
-
 from helpers import fd_forces, fd_stress, rattled_si
 
 import mlff_calc

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import rattled_si
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

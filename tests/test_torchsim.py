@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-
 from helpers import rattled_nacl, rattled_si
 
 ts = pytest.importorskip("torch_sim")

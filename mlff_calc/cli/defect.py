@@ -1,7 +1,7 @@
 """``mlff-calc defect``: formation energy of a point defect in a supercell.
 
-    mlff-calc defect si.cif --kind vacancy --supercell 3 3 3
-    mlff-calc defect nacl.cif --kind antisite --site 0 --chemical-potential-eV Na=-1.31 Cl=-1.84
+mlff-calc defect si.cif --kind vacancy --supercell 3 3 3
+mlff-calc defect nacl.cif --kind antisite --site 0 --chemical-potential-eV Na=-1.31 Cl=-1.84
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ def add_arguments(p) -> None:
     p.add_argument("--species", default=None, help="element inserted (interstitial) or put on --site (antisite)")
     p.add_argument("--position", type=REAL, nargs=3, default=None, metavar=("X", "Y", "Z"), help="Cartesian position of an interstitial, in Å; default: the largest void")
     p.add_argument("--supercell", type=POSITIVE_INT, nargs=3, default=[3, 3, 3], metavar="N", help="repeats of the input cell; default: 3 3 3")
-    p.add_argument("--chemical-potential-eV", nargs="+", default=None, metavar="EL=MU", help="chemical potentials in eV/atom, e.g. Na=-1.31; default: the host (elemental crystals) or the relaxed ase.build.bulk crystal of the element")
+    p.add_argument(
+        "--chemical-potential-eV",
+        nargs="+",
+        default=None,
+        metavar="EL=MU",
+        help="chemical potentials in eV/atom, e.g. Na=-1.31; default: the host (elemental crystals) or the relaxed ase.build.bulk crystal of the element",
+    )
     p.add_argument("--no-relax", action="store_true", help="no relaxation of host and defect supercells")
     p.add_argument("--fmax", type=POSITIVE, default=0.02, help="force threshold of the relaxations, in eV/Å; default: 0.02")
     p.add_argument("--steps", type=COUNT, default=300, help="optimiser steps at most per relaxation; default: 300")

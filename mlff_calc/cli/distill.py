@@ -1,9 +1,9 @@
 """``mlff-calc distill sample|label|train``: Hessian distillation of a teacher into a small student.
 
-    mlff-calc distill sample si64.extxyz --model chgnet --out-dir run/samples
-    mlff-calc distill label run/samples --model chgnet --out-dir run/labels
-    mlff-calc distill train run/labels --epochs 30 --out-dir run/student
-    mlff-calc singlepoint frames.extxyz --model run/student
+mlff-calc distill sample si64.extxyz --model chgnet --out-dir run/samples
+mlff-calc distill label run/samples --model chgnet --out-dir run/labels
+mlff-calc distill train run/labels --epochs 30 --out-dir run/student
+mlff-calc singlepoint frames.extxyz --model run/student
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ def _add_train(p) -> None:
     p.add_argument("--rows-per-structure", type=POSITIVE_INT, default=4, help="Hessian rows sampled per structure and step")
     p.add_argument("--row-method", default="vjp", choices=["vjp", "fd"], help="student Hessian rows by autograd VJP or finite differences")
     p.add_argument("--kd-halve-below", type=POSITIVE, default=None, help="halve lambda-kd once the validation force MAE (eV/Å) falls below this")
-    p.add_argument("--architecture", default="default", choices=["default", "fast"], help="student size: 'default' (more accurate) or 'fast' (FAST_ARCHITECTURE: about half the cost of a call, about a third more force error on Si; BENCHMARKS.md §6.1); the flags below change single entries")
+    p.add_argument(
+        "--architecture",
+        default="default",
+        choices=["default", "fast"],
+        help="student size: 'default' (more accurate) or 'fast' (FAST_ARCHITECTURE: about half the cost of a call, about a third more force error on Si; BENCHMARKS.md §6.1); the flags below change single entries",
+    )
     p.add_argument("--channels", type=POSITIVE_INT, default=None)
     p.add_argument("--num-interactions", type=POSITIVE_INT, default=None)
     p.add_argument("--r-max", type=POSITIVE, default=None, help="student cutoff (Å)")
@@ -105,10 +110,29 @@ def _run_sample(args) -> dict:
 
     frames = read_frames(args.structures, args.index)
     calc = load_calculator(args, n_atoms=max(len(a) for a in frames))
-    samples = sample(frames, calc, temperatures_K=args.temperatures_K, md_frames_per_T=args.md_frames, md_interval=args.md_interval, md_equilibration_steps=args.md_equilibration_steps, timestep_fs=args.timestep_fs, n_rattle=args.n_rattle, rattle_std_A=args.rattle_std_A, n_strain=args.n_strain, strain=args.strain, split=args.split, seed=args.seed)
+    samples = sample(
+        frames,
+        calc,
+        temperatures_K=args.temperatures_K,
+        md_frames_per_T=args.md_frames,
+        md_interval=args.md_interval,
+        md_equilibration_steps=args.md_equilibration_steps,
+        timestep_fs=args.timestep_fs,
+        n_rattle=args.n_rattle,
+        rattle_std_A=args.rattle_std_A,
+        n_strain=args.n_strain,
+        strain=args.strain,
+        split=args.split,
+        seed=args.seed,
+    )
     samples.write(args.out_dir)
     print(f"sampled {len(samples)} configurations {samples.counts()} into {args.out_dir}")
-    return {"calc": calc, "outputs": {"samples": args.out_dir / "samples.npz", "manifest": args.out_dir / "samples.json"}, "results": {"n_structures": len(samples), "counts": samples.counts()}, "units": {"length": "Å", "temperature": "K", "time": "fs"}}
+    return {
+        "calc": calc,
+        "outputs": {"samples": args.out_dir / "samples.npz", "manifest": args.out_dir / "samples.json"},
+        "results": {"n_structures": len(samples), "counts": samples.counts()},
+        "units": {"length": "Å", "temperature": "K", "time": "fs"},
+    }
 
 
 def _run_label(args) -> dict:
@@ -123,12 +147,28 @@ def _run_label(args) -> dict:
 
         executor, model = build_executor(args), recipe(args)
     try:
-        store = label(samples, calc, args.out_dir, chunk_size=args.chunk_size, full_hessian_max_dof=args.full_hessian_max_dof, n_rows=args.n_rows, hessian_method=args.hessian_method, seed=args.seed, executor=executor, model=model)
+        store = label(
+            samples,
+            calc,
+            args.out_dir,
+            chunk_size=args.chunk_size,
+            full_hessian_max_dof=args.full_hessian_max_dof,
+            n_rows=args.n_rows,
+            hessian_method=args.hessian_method,
+            seed=args.seed,
+            executor=executor,
+            model=model,
+        )
     finally:
         if executor is not None:
             executor.close()
     print(f"labelled {store.manifest['n_structures']} structures with {calc.adapter.model_id} into {args.out_dir}")
-    return {"calc": calc, "outputs": {"labels": args.out_dir / "labels.json"}, "results": {"n_structures": store.manifest["n_structures"], "n_chunks": store.manifest["n_chunks"], "teacher": store.teacher}, "units": store.manifest["units"]}
+    return {
+        "calc": calc,
+        "outputs": {"labels": args.out_dir / "labels.json"},
+        "results": {"n_structures": store.manifest["n_structures"], "n_chunks": store.manifest["n_chunks"], "teacher": store.teacher},
+        "units": store.manifest["units"],
+    }
 
 
 def _run_train(args) -> dict:
@@ -139,10 +179,39 @@ def _run_train(args) -> dict:
     from ..models.student import DEFAULT_ARCHITECTURE, FAST_ARCHITECTURE
 
     preset = {"default": DEFAULT_ARCHITECTURE, "fast": FAST_ARCHITECTURE}[args.architecture]
-    arch = {**preset, **{k: v for k, v in {"channels": args.channels, "num_interactions": args.num_interactions, "r_max": args.r_max, "max_ell": args.max_ell, "correlation": args.correlation}.items() if v is not None}}
-    result = train_student(args.labels, architecture=arch, dtype=args.dtype, device=args.device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, ema_decay=args.ema_decay or None, patience=args.patience, lambda_energy=args.lambda_energy, lambda_forces=args.lambda_forces, lambda_kd=args.lambda_kd, lambda_stress=args.lambda_stress, rows_per_structure=args.rows_per_structure, row_method=args.row_method, kd_schedule=args.kd_halve_below, seed=args.seed, out_dir=args.out_dir)
+    arch = {
+        **preset,
+        **{
+            k: v
+            for k, v in {"channels": args.channels, "num_interactions": args.num_interactions, "r_max": args.r_max, "max_ell": args.max_ell, "correlation": args.correlation}.items()
+            if v is not None
+        },
+    }
+    result = train_student(
+        args.labels,
+        architecture=arch,
+        dtype=args.dtype,
+        device=args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        ema_decay=args.ema_decay or None,
+        patience=args.patience,
+        lambda_energy=args.lambda_energy,
+        lambda_forces=args.lambda_forces,
+        lambda_kd=args.lambda_kd,
+        lambda_stress=args.lambda_stress,
+        rows_per_structure=args.rows_per_structure,
+        row_method=args.row_method,
+        kd_schedule=args.kd_halve_below,
+        seed=args.seed,
+        out_dir=args.out_dir,
+    )
     test = result.metrics.get("test", {})
-    print(f"student in {args.out_dir}: best epoch {result.metrics['best_epoch']}, test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å, energy MAE {1e3 * test.get('energy_mae_per_atom', float('nan')):.2f} meV/atom vs the teacher")
+    print(
+        f"student in {args.out_dir}: best epoch {result.metrics['best_epoch']}, test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å, energy MAE {1e3 * test.get('energy_mae_per_atom', float('nan')):.2f} meV/atom vs the teacher"
+    )
     outputs = {"student": args.out_dir / "student.json", "weights": args.out_dir / "student.pt", "error_log": args.out_dir / "error_log.npz", "history": args.out_dir / "train-history.json"}
     units = {"energy_mae_per_atom": "eV/atom", "force_mae": "eV/Å", "force_l2mae": "eV/Å", "force_rmse": "eV/Å", "stress_mae": "eV/Å³", "train_time_s": "s"}
     return {"calc": None, "outputs": outputs, "results": {"metrics": result.metrics, "teacher": result.teacher}, "units": units}

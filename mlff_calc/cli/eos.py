@@ -1,7 +1,7 @@
 """``mlff-calc eos``: energy-volume curve and Birch-Murnaghan fit of one structure.
 
-    mlff-calc eos si.cif --strain-range 0.06 --points 9          # relaxes first, then the grid around V_relaxed
-    mlff-calc eos si.cif --no-relax                              # the grid around the input's volume
+mlff-calc eos si.cif --strain-range 0.06 --points 9          # relaxes first, then the grid around V_relaxed
+mlff-calc eos si.cif --no-relax                              # the grid around the input's volume
 """
 
 from __future__ import annotations

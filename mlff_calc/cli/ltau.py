@@ -65,7 +65,12 @@ def _add_build(p) -> None:
     p.add_argument("--ef-search", type=POSITIVE_INT, default=64, help="HNSW search breadth; default: 64")
     p.add_argument("--nlist", type=POSITIVE_INT, default=None, help="IVF cells; default: sqrt(training atoms)")
     p.add_argument("--nprobe", type=POSITIVE_INT, default=8, help="IVF cells scanned per query; default: 8")
-    p.add_argument("--exact-search", default="auto", choices=["auto", "faiss", "kdtree", "blocked"], help="search of a flat index: faiss, a k-d tree in principal axes, or blocked matrix products (auto: k-d tree up to 64 descriptor dimensions, blocked above)")
+    p.add_argument(
+        "--exact-search",
+        default="auto",
+        choices=["auto", "faiss", "kdtree", "blocked"],
+        help="search of a flat index: faiss, a k-d tree in principal axes, or blocked matrix products (auto: k-d tree up to 64 descriptor dimensions, blocked above)",
+    )
     add_model_options(p, layers=False)
     p.set_defaults(model=None)
     for action in p._actions:
@@ -176,15 +181,31 @@ def _build(args) -> dict:
         raise ConfigurationError(f"--ks must be comma-separated integers, not {args.ks!r}") from exc
     out = Path(args.out) if args.out is not None else Path(args.out_dir) / "ltau"
     ltau = build_ltau(
-        calc.adapter, inputs["training"], Path(args.run_dir) / "error_log.npz", out,
-        n_bins=args.n_bins, burn_in=args.burn_in, k=args.k, index_kind=args.index, per_element=args.per_element,
-        hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search, ivf_nlist=args.nlist, ivf_nprobe=args.nprobe, exact_search=args.exact_search,
-        calibration=inputs["calibration"], ks=ks, level=args.level,
+        calc.adapter,
+        inputs["training"],
+        Path(args.run_dir) / "error_log.npz",
+        out,
+        n_bins=args.n_bins,
+        burn_in=args.burn_in,
+        k=args.k,
+        index_kind=args.index,
+        per_element=args.per_element,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        ivf_nlist=args.nlist,
+        ivf_nprobe=args.nprobe,
+        exact_search=args.exact_search,
+        calibration=inputs["calibration"],
+        ks=ks,
+        level=args.level,
     )
     cal = ltau.calibration
     print(f"LTAU index of {ltau.index.ntotal} training atoms ({inputs['kind']} run {args.run_dir}, model {ltau.model_id}) in {out}")
     if cal.coverage is not None:
-        print(f"  calibrated on {cal.n_atoms} held-out atoms: k = {cal.k}, scale {cal.scale:.3f}, {100 * cal.level:g} % interval coverage {cal.coverage:.3f} (uncalibrated {cal.coverage_uncalibrated:.3f})")
+        print(
+            f"  calibrated on {cal.n_atoms} held-out atoms: k = {cal.k}, scale {cal.scale:.3f}, {100 * cal.level:g} % interval coverage {cal.coverage:.3f} (uncalibrated {cal.coverage_uncalibrated:.3f})"
+        )
     else:
         print(f"  not calibrated: k = {cal.k}, scale 1")
     print(f"  attach it with: --model {args.model} --ltau {out}")

@@ -1,7 +1,7 @@
 """``mlff-calc md``: molecular dynamics (NVE, Langevin, Nose-Hoover, isotropic NPT).
 
-    mlff-calc md si64.extxyz --ensemble nvt-langevin --temperature-K 600 --timestep-fs 2 --steps 5000
-    mlff-calc md run/si64-md-restart.extxyz --restart --steps 5000       # continue a run
+mlff-calc md si64.extxyz --ensemble nvt-langevin --temperature-K 600 --timestep-fs 2 --steps 5000
+mlff-calc md run/si64-md-restart.extxyz --restart --steps 5000       # continue a run
 """
 
 from __future__ import annotations

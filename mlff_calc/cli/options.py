@@ -25,7 +25,12 @@ def add_model_options(p: argparse.ArgumentParser, *, layers: bool = True, thread
     p.add_argument("--model", default="chgnet", help="model name or path (see `mlff-calc models`); default: chgnet")
     p.add_argument("--device", type=device, default="auto", help="auto, cpu or cuda[:N]; default: auto")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model family's own")
-    p.add_argument("--threads", type=POSITIVE_INT, default=threads_default, help="torch and OpenBLAS CPU threads for this run; default: " + ("chosen from the structure's size (see README, Threads)" if threads_default is None else str(threads_default)))
+    p.add_argument(
+        "--threads",
+        type=POSITIVE_INT,
+        default=threads_default,
+        help="torch and OpenBLAS CPU threads for this run; default: " + ("chosen from the structure's size (see README, Threads)" if threads_default is None else str(threads_default)),
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML file whose keys mirror these options")
     p.add_argument("--compile", action="store_true", help="distilled students only: run energy/forces/stress through one torch.compile'd graph (2-3x faster calls after a compile of tens of seconds)")
     if layers:
@@ -74,7 +79,12 @@ class LayerOption:
 #: stay last so it scales the model's output only (see mlff_calc.softening.layer).
 LAYER_OPTIONS: tuple[LayerOption, ...] = (
     LayerOption("--ttt", "ADAPTED_DIR|FRAMES", "test-time training of a two-head model: weights saved by `mlff-calc ttt adapt`, or a structure file to adapt on first", "mlff_calc.ttt.layer:TTTLayer"),
-    LayerOption("--rewire", "REF.json[:DISTANCE]", "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)", "mlff_calc.rewiring.layer:RewiringLayer"),
+    LayerOption(
+        "--rewire",
+        "REF.json[:DISTANCE]",
+        "refine the graph cutoff per system with the spectrum reference saved by `mlff-calc rewire build-reference` (DISTANCE: padded_l2, histogram or band_fraction)",
+        "mlff_calc.rewiring.layer:RewiringLayer",
+    ),
     LayerOption("--ltau", "INDEX_DIR", "add per-atom force uncertainties from the LTAU index built by `mlff-calc ltau build`", "mlff_calc.ltau.layer:LTAULayer"),
     LayerOption("--softening", "FIT.json", "attach the softening correction saved by `mlff-calc softening fit`", "mlff_calc.softening.layer:SofteningLayer"),
 )
@@ -202,7 +212,13 @@ def run_summary(args, calc=None, *, started: float, outputs: dict, results: dict
     if units:
         summary["units"] = units
     if calc is not None and hasattr(calc, "adapter"):
-        summary["model"] = {"id": calc.adapter.model_id, "sha256": calc.adapter.sha256, "source": calc.adapter.source, "device": str(calc.adapter.device), "dtype": str(calc.adapter.dtype).removeprefix("torch.")}
+        summary["model"] = {
+            "id": calc.adapter.model_id,
+            "sha256": calc.adapter.sha256,
+            "source": calc.adapter.source,
+            "device": str(calc.adapter.device),
+            "dtype": str(calc.adapter.dtype).removeprefix("torch."),
+        }
         summary["model"]["layers"] = [layer.describe() for layer in getattr(calc, "layers", ())]
     return summary
 
@@ -222,4 +238,3 @@ def show_outputs(outputs: dict, summary: Path) -> None:
     print(f"outputs in {Path(summary).parent}:")
     for key, path in {**{k: v for k, v in outputs.items() if v is not None}, "summary": summary}.items():
         print(f"  {key:<12} {Path(path).name}")
-

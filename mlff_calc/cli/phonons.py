@@ -31,7 +31,16 @@ def add_arguments(p) -> None:
     from .options import add_model_options, add_output_options, add_structure_argument
 
     add_structure_argument(p, nargs="?", default=None, help="unit cell (any ASE-readable file); optional with --reference, which then supplies cell and displacements")
-    p.add_argument("--supercell", type=INT, action=Checked, check=supercell_repeats, nargs="+", default=[2, 2, 2], metavar="N", help="3 integers or a 3x3 matrix (9 integers, row by row) in the basis of the input cell; default: 2 2 2")
+    p.add_argument(
+        "--supercell",
+        type=INT,
+        action=Checked,
+        check=supercell_repeats,
+        nargs="+",
+        default=[2, 2, 2],
+        metavar="N",
+        help="3 integers or a 3x3 matrix (9 integers, row by row) in the basis of the input cell; default: 2 2 2",
+    )
     p.add_argument("--displacement", type=POSITIVE, default=0.01, help="finite-displacement amplitude, in Å; default: 0.01")
     p.add_argument("--primitive-matrix", default="auto", help="phonopy primitive matrix: auto, P, F, I, ... ; default: auto")
     p.add_argument("--born", type=Path, default=None, help="phonopy BORN file: non-analytical correction for polar crystals")

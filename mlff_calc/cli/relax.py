@@ -1,6 +1,6 @@
 """``mlff-calc relax``: relax positions and (by default) the cell of one structure.
 
-    mlff-calc relax si.cif --fmax 0.005 --out-dir run/relax
+mlff-calc relax si.cif --fmax 0.005 --out-dir run/relax
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def student_training_set(adapter) -> tuple[list, str]:
     store = LabelStore(found)
     expected = manifest.get("training_data_sha256")
     if expected and store.content_sha256() != expected:
-        raise ArtifactError(f"label store {found} does not hold the data student {folder} was trained on (its content hash differs from the student's training_data_sha256); give the training structures as STRUCTURES")
+        raise ArtifactError(
+            f"label store {found} does not hold the data student {folder} was trained on (its content hash differs from the student's training_data_sha256); give the training structures as STRUCTURES"
+        )
     structures = [r.atoms for r in store.records("train")]
     return structures, f"{len(structures)} training structures of label store {found}"
 
@@ -94,7 +96,15 @@ def _run_build(args) -> dict:
     print(f"spectrum reference of {adapter.model_id} at its native cutoff {ref.cutoff:g} Å: {source}")
     print(f"  {ref.n_structures} graphs, padded size {ref.padded_size} (padded L2 compares graphs of at most this many atoms), band fraction {ref.band_fraction:.4f}")
     print(f"  apply it with: --rewire {out}")
-    results = {"model_id": ref.model_id, "cutoff_A": ref.cutoff, "n_structures": ref.n_structures, "padded_size": ref.padded_size, "band_fraction": ref.band_fraction, "self_images": ref.self_images, "source": source}
+    results = {
+        "model_id": ref.model_id,
+        "cutoff_A": ref.cutoff,
+        "n_structures": ref.n_structures,
+        "padded_size": ref.padded_size,
+        "band_fraction": ref.band_fraction,
+        "self_images": ref.self_images,
+        "source": source,
+    }
     return {"calc": calc, "outputs": {"reference": out, "arrays": out.with_suffix(".npz")}, "results": results}
 
 
@@ -107,7 +117,9 @@ def _add_choose(p) -> None:
     p.add_argument("--distance", default="padded_l2", choices=list(DISTANCES), help="spectral distance; default: padded_l2 (the paper's)")
     p.add_argument("--n-radii", type=POSITIVE_INT, default=10, help="candidate radii from 0.5 rc to rc; default: 10")
     p.add_argument("--radii", type=POSITIVE, nargs="+", default=None, metavar="R", help="explicit candidate radii (Å, within the native cutoff; rc is always added)")
-    p.add_argument("--no-centre", dest="centre", action="store_false", help="keep r* at the best candidate radius instead of centring it in the gap between neighbour distances (--rewire always centres)")
+    p.add_argument(
+        "--no-centre", dest="centre", action="store_false", help="keep r* at the best candidate radius instead of centring it in the gap between neighbour distances (--rewire always centres)"
+    )
     p.add_argument("--model", default=None, help="also check that the reference belongs to this model (name or path)")
     p.add_argument("--device", type=device, default="cpu", help="device for --model; default: cpu")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch and BLAS CPU threads")
@@ -140,7 +152,11 @@ def _run_choose(args) -> dict:
         lo, hi = choice.gap
         how = f"centred in ({lo:.3f}, {hi:.3f}] Å, the radii giving the same graph as {choice.r_grid:.3f} Å" if args.centre else "the best candidate"
         print(f"r* = {choice.r_star:.3f} Å ({choice.r_star / ref.cutoff:.3f} of the native cutoff; {how})")
-    return {"calc": calc, "outputs": {}, "results": {"structure": str(args.structure), "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms), "reference": str(args.reference), **choice.as_dict()}}
+    return {
+        "calc": calc,
+        "outputs": {},
+        "results": {"structure": str(args.structure), "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms), "reference": str(args.reference), **choice.as_dict()},
+    }
 
 
 STEPS = {

@@ -143,7 +143,9 @@ def _run_measure(args) -> dict:
     report = measure(calc, dataset, subtract_reference=subtract)
     fm, fd = force_components(calc, dataset, subtract)
     s = report.pooled.s
-    plot = force_parity(args.out_dir / "softening-parity.png", fd, {"model": fm, f"model / s  (s = {s:.3f})": fm / s}, title=f"{calc.adapter.model_id} vs DFT: {Path(dataset.source.split(' + ')[0]).name}")
+    plot = force_parity(
+        args.out_dir / "softening-parity.png", fd, {"model": fm, f"model / s  (s = {s:.3f})": fm / s}, title=f"{calc.adapter.model_id} vs DFT: {Path(dataset.source.split(' + ')[0]).name}"
+    )
     print(report.markdown())
     p = report.pooled
     print(f"\npooled over {p.n_components} force components: s = {p.s:.4f} (s < 1: softened), MAE {p.mae:.5f} eV/Å, cMAE (softening divided out) {p.cmae:.5f} eV/Å")

@@ -1,6 +1,6 @@
 """``mlff-calc surface``: surface energy of a slab cut from a bulk crystal.
 
-    mlff-calc surface si-conventional.cif --miller 1 1 1 --layers 6 --vacuum 10 --relax
+mlff-calc surface si-conventional.cif --miller 1 1 1 --layers 6 --vacuum 10 --relax
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ def add_arguments(p) -> None:
 
     add_structure_argument(p, help="bulk crystal (any ASE-readable file, primitive or conventional); Miller indices refer to its conventional standard cell")
     p.add_argument("--miller", type=INT, action=Checked, check=not_all_zero, nargs=3, default=[1, 0, 0], metavar=("H", "K", "L"), help="Miller indices of the surface; default: 1 0 0")
-    p.add_argument("--miller-cell", default="conventional", choices=["conventional", "input"], help="the cell the Miller indices refer to: the conventional standard cell (spglib) or the input cell as given; default: conventional")
+    p.add_argument(
+        "--miller-cell",
+        default="conventional",
+        choices=["conventional", "input"],
+        help="the cell the Miller indices refer to: the conventional standard cell (spglib) or the input cell as given; default: conventional",
+    )
     p.add_argument("--layers", type=POSITIVE_INT, default=6, help="repeats of the cell's lattice planes in the slab; default: 6")
     p.add_argument("--vacuum", type=POSITIVE, default=10.0, help="vacuum on each side of the slab, in Å; default: 10")
     p.add_argument("--relax", action="store_true", help="relax the slab's positions at fixed cell (the bulk is taken as relaxed)")

@@ -80,10 +80,23 @@ def _run_train(args) -> int:
         params = json.loads(args.prior_params) if args.prior_params else {}
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"--prior-params is not valid JSON: {exc}") from exc
-    result = train_ttt_student(args.labels, {"name": args.prior, "params": params}, dtype=args.dtype, device=args.device, prior_epochs=args.prior_epochs, reference_epochs=args.reference_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out)
+    result = train_ttt_student(
+        args.labels,
+        {"name": args.prior, "params": params},
+        dtype=args.dtype,
+        device=args.device,
+        prior_epochs=args.prior_epochs,
+        reference_epochs=args.reference_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out_dir=args.out,
+    )
     test = result.metrics["reference_test"]
     write_summary(args, name="ttt-train", started=started, outputs={"student": args.out}, results={"metrics": result.metrics})
-    print(f"two-head student in {args.out}: test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å against the teacher, prior force MAE {result.metrics['prior_valid']['force_mae']:.4f} eV/Å ({result.wall_time_s:.0f} s)")
+    print(
+        f"two-head student in {args.out}: test force MAE {test.get('force_mae', float('nan')):.4f} eV/Å against the teacher, prior force MAE {result.metrics['prior_valid']['force_mae']:.4f} eV/Å ({result.wall_time_s:.0f} s)"
+    )
     return 0
 
 
@@ -103,7 +116,9 @@ def _run_adapt(args) -> int:
     plot = loss_curve(Path(args.out_dir) / "ttt-prior-loss.png", history["step_losses"], ylabel="prior loss (batch)", title=f"test-time training on {len(frames)} structures")
     results = {k: v for k, v in history.items() if k != "step_losses"}
     summary = write_summary(args, calc, name="ttt-adapt", started=started, outputs={"adapted": args.out, "plot": plot}, results=results)
-    print(f"adapted on {len(frames)} structures in {history['wall_time_s']:.1f} s: prior loss {history['prior_loss_initial']:.4g} -> {history['prior_loss_final']:.4g}; weights in {args.out} (summary {summary})")
+    print(
+        f"adapted on {len(frames)} structures in {history['wall_time_s']:.1f} s: prior loss {history['prior_loss_initial']:.4g} -> {history['prior_loss_final']:.4g}; weights in {args.out} (summary {summary})"
+    )
     return 0
 
 

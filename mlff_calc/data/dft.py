@@ -109,8 +109,7 @@ def dft_structure(atoms: Atoms, label: str, *, where: str | None = None, forces_
     if forces is None:
         looked = forces_key or ", ".join(FORCES_KEYS)
         raise InvalidStructureError(
-            f"{where or label} has no DFT forces (looked in calculator results and per-atom arrays {looked}); "
-            "a softening fit needs forces: pass forces_key= if they are stored under another name"
+            f"{where or label} has no DFT forces (looked in calculator results and per-atom arrays {looked}); a softening fit needs forces: pass forces_key= if they are stored under another name"
         )
     forces = np.asarray(forces, dtype=float).reshape(len(atoms), 3)
     energy = _find(results, atoms.info, "energy", energy_key, ENERGY_KEYS)
@@ -219,6 +218,5 @@ def _check_same_displacements(from_forces, from_yaml, disp_yaml, force_sets) -> 
         return
     if from_forces.shape != from_yaml.shape or not np.allclose(from_forces, from_yaml, atol=1e-5):
         raise ConfigurationError(
-            f"the displacements in {force_sets} ({len(from_forces)} supercells) do not match those of {disp_yaml} "
-            f"({len(from_yaml)} supercells); pass the FORCE_SETS made from this displacement yaml"
+            f"the displacements in {force_sets} ({len(from_forces)} supercells) do not match those of {disp_yaml} ({len(from_yaml)} supercells); pass the FORCE_SETS made from this displacement yaml"
         )

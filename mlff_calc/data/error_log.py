@@ -28,7 +28,12 @@ FORMAT_VERSION = 1
 
 def binding(structures, identity: dict | None = None) -> dict:
     """What binds a log to its run: ``structures`` in log order and the trained model's ``identity`` (``models.identity.model_identity``; None while training)."""
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": dict(identity) if identity is not None else None, "training_structures_sha256": structures_sha256(pack_structures(list(structures)))}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": dict(identity) if identity is not None else None,
+        "training_structures_sha256": structures_sha256(pack_structures(list(structures))),
+    }
 
 
 def write_error_log(path, arrays: dict, *, structures, identity: dict | None = None) -> None:

@@ -24,6 +24,7 @@ manifest as read from disk, so no writer's chunks are lost and no chunk is
 labelled twice while its claimant lives. A writer with nothing left to claim
 waits for the chunks others hold. Readers see whole chunks only (atomic renames).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,6 +46,7 @@ from ..models.identity import teacher_identity, weights_sha256  # noqa: F401 (re
 from .sample import SampleSet
 
 log = logging.getLogger(__name__)
+
 
 def hessian_rows_for(index: int, n_atoms: int, fixed: np.ndarray, *, full_max_dof: int, n_rows: int, seed: int) -> np.ndarray:
     """Which DOF rows to label for structure ``index``: all when small, else a seeded sample of free DOF."""
@@ -85,7 +87,21 @@ class _HessianRows:
         return self.calc.get_hessian(atoms, rows, method=self.method)
 
 
-def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size: int = 16, full_hessian_max_dof: int = 96, n_rows: int = 8, hessian_splits: Sequence[str] = ("train",), hessian_method: str = "auto", seed: int = 0, progress: bool | None = None, executor=None, model=None) -> LabelStore:
+def label(
+    samples: SampleSet | Sequence[Atoms],
+    teacher,
+    out_dir,
+    *,
+    chunk_size: int = 16,
+    full_hessian_max_dof: int = 96,
+    n_rows: int = 8,
+    hessian_splits: Sequence[str] = ("train",),
+    hessian_method: str = "auto",
+    seed: int = 0,
+    progress: bool | None = None,
+    executor=None,
+    model=None,
+) -> LabelStore:
     """Label ``samples`` with ``teacher`` into the label store folder ``out_dir`` (resumable).
 
     ``samples``: a :class:`SampleSet` (its splits are kept) or a list of Atoms (all
@@ -114,7 +130,14 @@ def label(samples: SampleSet | Sequence[Atoms], teacher, out_dir, *, chunk_size:
     calc = as_calculator(teacher)
     folder = Path(out_dir)
     packed = pack_structures(structures)
-    config = {"chunk_size": int(chunk_size), "full_hessian_max_dof": int(full_hessian_max_dof), "n_rows": int(n_rows), "hessian_splits": sorted(hessian_splits), "hessian_method": hessian_method, "seed": int(seed)}
+    config = {
+        "chunk_size": int(chunk_size),
+        "full_hessian_max_dof": int(full_hessian_max_dof),
+        "n_rows": int(n_rows),
+        "hessian_splits": sorted(hessian_splits),
+        "hessian_method": hessian_method,
+        "seed": int(seed),
+    }
     identity = teacher_identity(calc)
     n_chunks = -(-len(structures) // chunk_size)
     fresh = {

@@ -98,12 +98,13 @@ class SampleSet:
 # sources ---------------------------------------------------------------------------------
 
 
-def md_frames(atoms: Atoms, calc, *, temperature_K: float, frames: int, interval: int, equilibration_steps: int, timestep_fs: float, friction_per_fs: float, rng: np.random.Generator, bar=None) -> list[Atoms]:
+def md_frames(
+    atoms: Atoms, calc, *, temperature_K: float, frames: int, interval: int, equilibration_steps: int, timestep_fs: float, friction_per_fs: float, rng: np.random.Generator, bar=None
+) -> list[Atoms]:
     """Langevin MD with ``calc``: ``frames`` snapshots, one every ``interval`` steps after equilibration."""
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-
-    from ase.constraints import FixCom
 
     work = atoms.copy()
     work.set_constraint([*(c.copy() for c in atoms.constraints), FixCom()])  # ASE's recommended replacement for fixcm=True
@@ -205,7 +206,27 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> np.ndarray:
 # the sampler ------------------------------------------------------------------------------
 
 
-def sample(structures: Atoms | Sequence[Atoms], teacher=None, *, temperatures_K: Sequence[float] = (300.0, 600.0, 900.0), md_frames_per_T: int = 20, md_interval: int = 5, md_equilibration_steps: int = 20, timestep_fs: float = 2.0, friction_per_fs: float = 0.02, n_rattle: int = 20, rattle_std_A: float = 0.05, n_strain: int = 20, strain: float = 0.02, strain_rattle_std_A: float = 0.02, include_inputs: bool = True, dedup_tol_A: float = 1e-3, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool | None = None) -> SampleSet:
+def sample(
+    structures: Atoms | Sequence[Atoms],
+    teacher=None,
+    *,
+    temperatures_K: Sequence[float] = (300.0, 600.0, 900.0),
+    md_frames_per_T: int = 20,
+    md_interval: int = 5,
+    md_equilibration_steps: int = 20,
+    timestep_fs: float = 2.0,
+    friction_per_fs: float = 0.02,
+    n_rattle: int = 20,
+    rattle_std_A: float = 0.05,
+    n_strain: int = 20,
+    strain: float = 0.02,
+    strain_rattle_std_A: float = 0.02,
+    include_inputs: bool = True,
+    dedup_tol_A: float = 1e-3,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    progress: bool | None = None,
+) -> SampleSet:
     """Sample distillation configurations around ``structures``.
 
     ``teacher`` is the ASE calculator driving the MD (needed when
@@ -237,7 +258,18 @@ def sample(structures: Atoms | Sequence[Atoms], teacher=None, *, temperatures_K:
                 tagged.append(("input", base))
             for t in temperatures_K:
                 if md_frames_per_T:
-                    frames = md_frames(atoms, teacher, temperature_K=t, frames=md_frames_per_T, interval=md_interval, equilibration_steps=md_equilibration_steps, timestep_fs=timestep_fs, friction_per_fs=friction_per_fs, rng=rng, bar=bar)
+                    frames = md_frames(
+                        atoms,
+                        teacher,
+                        temperature_K=t,
+                        frames=md_frames_per_T,
+                        interval=md_interval,
+                        equilibration_steps=md_equilibration_steps,
+                        timestep_fs=timestep_fs,
+                        friction_per_fs=friction_per_fs,
+                        rng=rng,
+                        bar=bar,
+                    )
                     tagged.extend((f"md-{t:g}K", f) for f in frames)
             tagged.extend(("rattle", a) for a in rattled(atoms, n_rattle, rattle_std_A, rng))
             tagged.extend(strained(atoms, n_strain, strain, strain_rattle_std_A, rng))

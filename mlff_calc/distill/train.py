@@ -33,8 +33,8 @@ import numpy as np
 from ase import Atoms
 
 from ..artifacts import write_json
-from ..data.labels import LabelStore
 from ..data.error_log import ErrorLog
+from ..data.labels import LabelStore
 from ..models.identity import model_identity
 from ..training.items import evaluate_items, fit_reference_energies, items_from_records, mean_neighbours, new_student, rms_force, split_records  # noqa: F401 (re-exported)
 from ..training.loss import DistillationLoss, LossWeights
@@ -75,7 +75,31 @@ def _kd_schedule(schedule) -> Callable | None:
     return halve_once
 
 
-def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "float32", device: str = "cpu", epochs: int = 30, batch_size: int = 4, lr: float = 5e-3, weight_decay: float = 0.0, schedule: str = "cosine", ema_decay: float | None = 0.99, patience: int = 15, lambda_energy: float = 5.0, lambda_forces: float = 100.0, lambda_kd: float = 400.0, lambda_stress: float = 0.0, rows_per_structure: int = 4, row_method: str = "vjp", fd_step_A: float = 1e-4, kd_schedule=None, seed: int = 0, out_dir=None, progress: bool | None = None) -> DistillResult:
+def train_student(
+    labels,
+    *,
+    architecture: Mapping | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    epochs: int = 30,
+    batch_size: int = 4,
+    lr: float = 5e-3,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    ema_decay: float | None = 0.99,
+    patience: int = 15,
+    lambda_energy: float = 5.0,
+    lambda_forces: float = 100.0,
+    lambda_kd: float = 400.0,
+    lambda_stress: float = 0.0,
+    rows_per_structure: int = 4,
+    row_method: str = "vjp",
+    fd_step_A: float = 1e-4,
+    kd_schedule=None,
+    seed: int = 0,
+    out_dir=None,
+    progress: bool | None = None,
+) -> DistillResult:
     """Train a student on the label store ``labels`` (a folder or :class:`LabelStore`).
 
     Uses the "train" split for gradient steps, "valid" for early stopping (monitor:
@@ -96,7 +120,9 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
     train_items = items_from_records(train_rec, student.dtype, student.device, offsets=True)
     valid_items = items_from_records(valid_rec, student.dtype, student.device, offsets=False)
     test_items = items_from_records(test_rec, student.dtype, student.device, offsets=False)
-    loss_fn = DistillationLoss(LossWeights(energy=lambda_energy, forces=lambda_forces, kd=lambda_kd, stress=lambda_stress), rows_per_structure=rows_per_structure, row_method=row_method, fd_step_A=fd_step_A, seed=seed)
+    loss_fn = DistillationLoss(
+        LossWeights(energy=lambda_energy, forces=lambda_forces, kd=lambda_kd, stress=lambda_stress), rows_per_structure=rows_per_structure, row_method=row_method, fd_step_A=fd_step_A, seed=seed
+    )
     schedule_fn = _kd_schedule(kd_schedule)
     error_log = ErrorLog(train_items)
     order_rng = np.random.default_rng(seed)
@@ -123,9 +149,34 @@ def train_student(labels, *, architecture: Mapping | None = None, dtype: str = "
 
     trainer = Trainer(student.module, TrainerConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, ema_decay=ema_decay, patience=patience, progress=progress))
     history = trainer.fit(step, batches, validate, on_epoch_end=on_epoch_end, steps_per_epoch=-(-len(train_items) // batch_size))
-    metrics = {"valid": evaluate_items(student, valid_items), "test": evaluate_items(student, test_items), "best_epoch": history.best_epoch, "epochs_run": len(history.rows), "stopped_early": history.stopped_early, "train_time_s": history.wall_time_s}
-    config.update(architecture=student.architecture, dtype=str(student.dtype).removeprefix("torch."), kd_schedule=kd_schedule if kd_schedule is None or isinstance(kd_schedule, (int, float)) else getattr(kd_schedule, "__name__", "callable"), label_store=str(Path(store.folder).resolve()), n_train=len(train_items), n_valid=len(valid_items), n_test=len(test_items))
-    result = DistillResult(adapter=student, history=history.rows, metrics=metrics, teacher=store.teacher, training_data_sha256=store.content_sha256(), config=config, check_atoms=train_rec[0].atoms.copy(), error_log=error_log.arrays(), wall_time_s=time.perf_counter() - started)
+    metrics = {
+        "valid": evaluate_items(student, valid_items),
+        "test": evaluate_items(student, test_items),
+        "best_epoch": history.best_epoch,
+        "epochs_run": len(history.rows),
+        "stopped_early": history.stopped_early,
+        "train_time_s": history.wall_time_s,
+    }
+    config.update(
+        architecture=student.architecture,
+        dtype=str(student.dtype).removeprefix("torch."),
+        kd_schedule=kd_schedule if kd_schedule is None or isinstance(kd_schedule, (int, float)) else getattr(kd_schedule, "__name__", "callable"),
+        label_store=str(Path(store.folder).resolve()),
+        n_train=len(train_items),
+        n_valid=len(valid_items),
+        n_test=len(test_items),
+    )
+    result = DistillResult(
+        adapter=student,
+        history=history.rows,
+        metrics=metrics,
+        teacher=store.teacher,
+        training_data_sha256=store.content_sha256(),
+        config=config,
+        check_atoms=train_rec[0].atoms.copy(),
+        error_log=error_log.arrays(),
+        wall_time_s=time.perf_counter() - started,
+    )
     if out_dir is not None:
         save_student(result, out_dir)
         error_log.write(out_dir / "error_log.npz", identity=model_identity(student))  # bound to the final weights

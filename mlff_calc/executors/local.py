@@ -35,8 +35,7 @@ class LocalExecutor(Executor):
         return self._worker(model).identity()
 
     def run(self, fn: Callable, jobs: Iterable[Job], model, on_outcome: Callable[[Outcome], None], *, progress: bool | None = None, desc: str = "jobs") -> dict:
-        from .._runtime import restore_threads, set_threads
-        from .._runtime import progress_bar
+        from .._runtime import progress_bar, restore_threads, set_threads
 
         jobs = list(jobs)
         worker = self._worker(model)

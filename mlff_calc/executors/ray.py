@@ -58,7 +58,18 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, workers: int = 2, *, address: str | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0, threads: int = 1, max_retries: int = 2, depth: int = 2, max_worker_restarts: int | None = None):
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        address: str | None = None,
+        cpus_per_worker: float = 1,
+        gpus_per_worker: float = 0,
+        threads: int = 1,
+        max_retries: int = 2,
+        depth: int = 2,
+        max_worker_restarts: int | None = None,
+    ):
         if workers < 1 or max_retries < 0 or depth < 1 or threads < 1:
             raise ConfigurationError(f"need workers >= 1, max_retries >= 0, depth >= 1 and threads >= 1; got {workers}, {max_retries}, {depth}, {threads}")
         self.workers, self.address = int(workers), address
@@ -73,7 +84,16 @@ class RayExecutor(Executor):
         self._started_cluster = False
 
     def describe(self) -> dict:
-        return {"executor": self.name, "workers": self.workers, "address": self.address, "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker, "threads": self.threads, "max_retries": self.max_retries, "depth": self.depth}
+        return {
+            "executor": self.name,
+            "workers": self.workers,
+            "address": self.address,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+            "threads": self.threads,
+            "max_retries": self.max_retries,
+            "depth": self.depth,
+        }
 
     # cluster and actors --------------------------------------------------------------
 

@@ -216,7 +216,17 @@ class ResultsDB:
                 standard = {k: results[k] for k in _STANDARD if k in results}
                 if standard:
                     atoms.calc = SinglePointCalculator(atoms, **standard)
-                kvp = {"key": key, "job": job, "task": task, "index": int(item["index"]), "model": model.get("model_id", ""), "status": DONE if item["ok"] else FAILED, "attempts": int(attempts), "worker": worker or "", "wall_s": float(item.get("wall_s", 0.0))}
+                kvp = {
+                    "key": key,
+                    "job": job,
+                    "task": task,
+                    "index": int(item["index"]),
+                    "model": model.get("model_id", ""),
+                    "status": DONE if item["ok"] else FAILED,
+                    "attempts": int(attempts),
+                    "worker": worker or "",
+                    "wall_s": float(item.get("wall_s", 0.0)),
+                }
                 data = {"model_sha256": model.get("sha256", "")}
                 for name, value in results.items():
                     if name in _STANDARD:
@@ -280,10 +290,7 @@ def _status(con, keys, *, with_ids: bool = False):
     status, ids = {}, {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
-        query = (
-            "SELECT k.value, k.id, s.value FROM text_key_values k LEFT JOIN text_key_values s ON s.id = k.id AND s.key = 'status' "
-            f"WHERE k.key = 'key' AND k.value IN ({','.join('?' * len(part))})"
-        )
+        query = f"SELECT k.value, k.id, s.value FROM text_key_values k LEFT JOIN text_key_values s ON s.id = k.id AND s.key = 'status' WHERE k.key = 'key' AND k.value IN ({','.join('?' * len(part))})"
         for key, row_id, state in con.execute(query, part):
             status[key], ids[key] = state, row_id
     return (status, ids) if with_ids else status

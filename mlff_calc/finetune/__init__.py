@@ -9,7 +9,6 @@ from ..models.finetuned import FORMAT, FORMAT_VERSION, MANIFEST, UNITS, WEIGHTS,
 from .train import ERROR_LOG, PAPER_WEIGHTS, FinetuneLoss, FinetuneResult, dataset_sha256, evaluate_dataset, finetune, resolve_trainable
 
 
-
 def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None):
     """A fine-tuned adapter from ``folder`` (see :func:`mlff_calc.models.finetuned.load_finetuned`); the base is loaded by its recorded id or source."""
     from ..models.registry import load_base_model

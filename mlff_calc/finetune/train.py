@@ -194,10 +194,23 @@ def finetune(
     before = {"train": evaluate_dataset(adapter, train, loss_fn), "valid": evaluate_dataset(adapter, valid, loss_fn)}
     config = {
         "trainable": trainable if isinstance(trainable, str) else list(trainable),
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam", "schedule": "cosine",
-        "min_lr_ratio": min_lr_ratio, "ema_decay": ema_decay, "patience": patience, "grad_clip": grad_clip, "seed": seed,
-        "energy_weight": energy_weight, "force_weight": force_weight, "stress_weight": stress_weight,
-        "n_train": len(train), "n_valid": len(valid), "train_source": train.source, "valid_source": valid.source,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "optimizer": "Adam",
+        "schedule": "cosine",
+        "min_lr_ratio": min_lr_ratio,
+        "ema_decay": ema_decay,
+        "patience": patience,
+        "grad_clip": grad_clip,
+        "seed": seed,
+        "energy_weight": energy_weight,
+        "force_weight": force_weight,
+        "stress_weight": stress_weight,
+        "n_train": len(train),
+        "n_valid": len(valid),
+        "train_source": train.source,
+        "valid_source": valid.source,
         "forces": "absolute DFT forces (no residual-force subtraction)",
     }
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -219,7 +232,18 @@ def finetune(
         if out_dir is not None:
             error_log.write(out_dir / ERROR_LOG)
 
-    trainer_config = TrainerConfig(epochs=epochs, lr=lr, weight_decay=0.0, schedule="cosine", min_lr_ratio=min_lr_ratio, ema_decay=ema_decay, patience=patience or epochs + 1, grad_clip=grad_clip, monitor="val_loss", progress=progress)
+    trainer_config = TrainerConfig(
+        epochs=epochs,
+        lr=lr,
+        weight_decay=0.0,
+        schedule="cosine",
+        min_lr_ratio=min_lr_ratio,
+        ema_decay=ema_decay,
+        patience=patience or epochs + 1,
+        grad_clip=grad_clip,
+        monitor="val_loss",
+        progress=progress,
+    )
     try:
         with only_trainable(adapter.module.parameters(), params.values()):
             trainer = Trainer(_EvalModule(adapter.module), trainer_config, params=list(params.values()))
@@ -233,10 +257,18 @@ def finetune(
     check_atoms = train.structures[0].atoms
     check = {"energy": float(adapter.evaluate([check_atoms], ("energy",), min_distance=None)[0]["energy"]), "dtype": str(adapter.dtype).removeprefix("torch."), "atoms": _atoms_dict(check_atoms)}
     result = FinetuneResult(adapter, groups, sorted(state), base, history.rows, metrics, config, dataset_sha256(train), error_log.arrays(), check)
-    log.info("fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å", base["model_id"], groups, len(train), metrics["train_time_s"], before["train"]["force_mae"], after["train"]["force_mae"], before["valid"]["force_mae"], after["valid"]["force_mae"])
+    log.info(
+        "fine-tuned %s (%s) on %d structures in %.1f s: force MAE train %.4f -> %.4f, valid %.4f -> %.4f eV/Å",
+        base["model_id"],
+        groups,
+        len(train),
+        metrics["train_time_s"],
+        before["train"]["force_mae"],
+        after["train"]["force_mae"],
+        before["valid"]["force_mae"],
+        after["valid"]["force_mae"],
+    )
     if out_dir is not None:
         save_finetuned(result, out_dir)
         error_log.write(out_dir / ERROR_LOG, identity=model_identity(adapter))  # bound to the final weights
     return result
-
-

@@ -58,6 +58,7 @@ class Request:
         if index >= len(self.jobs):
             return None
         return self.jobs[index].get(layer.name)
+
     #: ``{Z: w}``: forces/stress/Hessian of ``E + Σ_i (w_Z_i - 1) E_i`` (per-element softening)
     node_weights: dict | None = None
 

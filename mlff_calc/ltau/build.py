@@ -88,7 +88,31 @@ def _calibration_data(calibration):
     return items, forces
 
 
-def build_ltau(adapter, training_structures, error_log_path, out_dir=None, *, n_bins: int = 100, log_bins: bool = True, burn_in: int = 0, e_min: float | None = None, e_max: float | None = None, k: int = 10, index_kind: str = "flat", per_element: bool = False, hnsw_m: int = 32, ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = 64, ivf_nlist: int | None = None, ivf_nprobe: int = 8, exact_search: str = "auto", calibration=None, ks: Sequence[int] = (1, 2, 5, 10, 20, 50), level: float = 0.9, batch_size: int = 16) -> LTAU:
+def build_ltau(
+    adapter,
+    training_structures,
+    error_log_path,
+    out_dir=None,
+    *,
+    n_bins: int = 100,
+    log_bins: bool = True,
+    burn_in: int = 0,
+    e_min: float | None = None,
+    e_max: float | None = None,
+    k: int = 10,
+    index_kind: str = "flat",
+    per_element: bool = False,
+    hnsw_m: int = 32,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    ef_search: int = 64,
+    ivf_nlist: int | None = None,
+    ivf_nprobe: int = 8,
+    exact_search: str = "auto",
+    calibration=None,
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    level: float = 0.9,
+    batch_size: int = 16,
+) -> LTAU:
     """Build (and with ``out_dir`` save) an LTAU estimator for ``adapter``, the final trained model.
 
     ``training_structures``: the label store (or its folder) the model was trained
@@ -130,9 +154,26 @@ def build_ltau(adapter, training_structures, error_log_path, out_dir=None, *, n_
         pos = errors[np.isfinite(errors) & (errors > 0)]
         e_min = max(float(pos.min()) * 0.5, 1e-6) if pos.size else 1e-6
     dists = error_distributions(errors, n_bins=n_bins, log_bins=log_bins, burn_in=burn_in, e_min=e_min, e_max=e_max)
-    index = LTAUIndex(desc, numbers, kind=index_kind, per_element=per_element, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe, exact_search=exact_search)
+    index = LTAUIndex(
+        desc,
+        numbers,
+        kind=index_kind,
+        per_element=per_element,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        ef_search=ef_search,
+        ivf_nlist=ivf_nlist,
+        ivf_nprobe=ivf_nprobe,
+        exact_search=exact_search,
+    )
     spec = descriptor_spec(adapter, desc.shape[1])
-    extra = {"error_log": str(error_log_path), "error_log_sha256": sha256_file(error_log_path), "n_epochs": int(errors.shape[0]), "n_atoms": int(len(sidx)), "ids": {"structure_index": sidx, "atom_index": aidx}}
+    extra = {
+        "error_log": str(error_log_path),
+        "error_log_sha256": sha256_file(error_log_path),
+        "n_epochs": int(errors.shape[0]),
+        "n_atoms": int(len(sidx)),
+        "ids": {"structure_index": sidx, "atom_index": aidx},
+    }
     ltau = LTAU(index, dists, model_id=adapter.model_id, model_sha256=adapter.sha256, spec=spec, calibration=Calibration(k=int(k), level=level), extra=extra)
     if calibration is not None:
         structs, forces = _calibration_data(calibration)

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..errors import ConfigurationError
 
-
 # distributions ---------------------------------------------------------------
 
 

@@ -84,7 +84,16 @@ class Calibration:
     table: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"scale": self.scale, "k": self.k, "level": self.level, "interval_level": self.interval_level, "coverage": self.coverage, "coverage_uncalibrated": self.coverage_uncalibrated, "n_atoms": self.n_atoms, "table": self.table}
+        return {
+            "scale": self.scale,
+            "k": self.k,
+            "level": self.level,
+            "interval_level": self.interval_level,
+            "coverage": self.coverage,
+            "coverage_uncalibrated": self.coverage_uncalibrated,
+            "n_atoms": self.n_atoms,
+            "table": self.table,
+        }
 
 
 @dataclass
@@ -118,7 +127,18 @@ def _chunked(fn, rows: np.ndarray, size: int = 65536) -> np.ndarray:
 class LTAU:
     """A loaded (or freshly built) LTAU estimator: index, distributions, calibration and identity."""
 
-    def __init__(self, index: LTAUIndex, dists: ErrorDistributions, *, model_id: str, model_sha256: str | None, spec: dict, calibration: Calibration | None = None, path: Path | None = None, extra: dict | None = None):
+    def __init__(
+        self,
+        index: LTAUIndex,
+        dists: ErrorDistributions,
+        *,
+        model_id: str,
+        model_sha256: str | None,
+        spec: dict,
+        calibration: Calibration | None = None,
+        path: Path | None = None,
+        extra: dict | None = None,
+    ):
         if dists.probabilities.shape[0] != index.ntotal:
             raise ConfigurationError(f"{dists.probabilities.shape[0]} distributions for {index.ntotal} indexed atoms")
         self.index = index
@@ -227,7 +247,9 @@ class LTAU:
         if adapter.model_id != self.model_id:
             raise ArtifactError(f"LTAU index {where} was built for model '{self.model_id}', not '{adapter.model_id}'; build it again for this model (descriptors and errors belong to one model)")
         if self.model_sha256 and getattr(adapter, "sha256", None) and adapter.sha256 != self.model_sha256:
-            raise ArtifactError(f"LTAU index {where} was built for weights sha256 {self.model_sha256[:12]}..., but '{adapter.model_id}' has weights sha256 {adapter.sha256[:12]}...; build it again for these weights")
+            raise ArtifactError(
+                f"LTAU index {where} was built for weights sha256 {self.model_sha256[:12]}..., but '{adapter.model_id}' has weights sha256 {adapter.sha256[:12]}...; build it again for these weights"
+            )
         if adapter.family != self.spec.get("family"):
             raise ArtifactError(f"LTAU index {where} holds descriptors of a '{self.spec.get('family')}' model, not '{adapter.family}'")
         if dim is not None and dim != self.spec.get("dim"):
@@ -242,7 +264,15 @@ class LTAU:
         folder.mkdir(parents=True, exist_ok=True)
         files = self.index.write(folder)
         d = self.dists
-        write_npz(folder / DISTRIBUTIONS, edges=d.edges, probabilities=self._probs, n_epochs=np.asarray(d.n_epochs if d.n_epochs is not None else np.zeros(0), dtype=np.int64), numbers=self.index.numbers, center=self.index.center, **{k: np.asarray(v) for k, v in self.extra.get("ids", {}).items()})
+        write_npz(
+            folder / DISTRIBUTIONS,
+            edges=d.edges,
+            probabilities=self._probs,
+            n_epochs=np.asarray(d.n_epochs if d.n_epochs is not None else np.zeros(0), dtype=np.int64),
+            numbers=self.index.numbers,
+            center=self.index.center,
+            **{k: np.asarray(v) for k, v in self.extra.get("ids", {}).items()},
+        )
         files[DISTRIBUTIONS] = sha256_file(folder / DISTRIBUTIONS)
         manifest = {
             "format": LTAU_FORMAT,
@@ -310,7 +340,20 @@ class LTAU:
         if not indexes:
             raise ArtifactError(f"LTAU manifest {folder / MANIFEST} lists no faiss index")
         try:
-            index = LTAUIndex(None, arrays["numbers"], kind=info["kind"], per_element=info["per_element"], hnsw_m=info["hnsw"]["m"], ef_construction=info["hnsw"]["ef_construction"], ef_search=info["hnsw"]["ef_search"], ivf_nlist=info.get("ivf", {}).get("nlist"), ivf_nprobe=info.get("ivf", {}).get("nprobe", 8), center=arrays.get("center"), exact_search=info.get("exact_search", "auto"), _indexes=indexes)
+            index = LTAUIndex(
+                None,
+                arrays["numbers"],
+                kind=info["kind"],
+                per_element=info["per_element"],
+                hnsw_m=info["hnsw"]["m"],
+                ef_construction=info["hnsw"]["ef_construction"],
+                ef_search=info["hnsw"]["ef_search"],
+                ivf_nlist=info.get("ivf", {}).get("nlist"),
+                ivf_nprobe=info.get("ivf", {}).get("nprobe", 8),
+                center=arrays.get("center"),
+                exact_search=info.get("exact_search", "auto"),
+                _indexes=indexes,
+            )
             dists = ErrorDistributions(edges=arrays["edges"], probabilities=arrays["probabilities"], n_epochs=arrays.get("n_epochs"), burn_in=int(bins["burn_in"]), log_bins=bool(bins["log"]))
             calibration = Calibration(**{k: cal[k] for k in ("scale", "k", "level", "interval_level", "coverage", "coverage_uncalibrated", "n_atoms", "table") if k in cal})
             if index.dim != spec["dim"] or len(dists.edges) != int(bins["n_bins"]) + 1:
@@ -373,6 +416,23 @@ def calibrate(ltau: LTAU, desc, numbers, errors, *, ks: Sequence[int] = (1, 2, 5
                     best = cand
         table.append({"k": k, "scale": best[3], "interval_level": best[4], "coverage": best[5], "coverage_uncalibrated": cov_at_1, "interval_score": float(best[1])})
     pick = min(table, key=lambda r: (abs(r["coverage"] - level) > 0.005 + 1e-12, r["interval_score"], r["k"]))
-    ltau.calibration = Calibration(scale=pick["scale"], k=pick["k"], level=level, interval_level=pick["interval_level"], coverage=pick["coverage"], coverage_uncalibrated=pick["coverage_uncalibrated"], n_atoms=len(errors), table=table)
-    log.info("LTAU calibration: k=%d scale=%.3g nominal level %.2f: coverage %.3f (uncalibrated %.3f) on %d atoms", pick["k"], pick["scale"], pick["interval_level"], pick["coverage"], pick["coverage_uncalibrated"], len(errors))
+    ltau.calibration = Calibration(
+        scale=pick["scale"],
+        k=pick["k"],
+        level=level,
+        interval_level=pick["interval_level"],
+        coverage=pick["coverage"],
+        coverage_uncalibrated=pick["coverage_uncalibrated"],
+        n_atoms=len(errors),
+        table=table,
+    )
+    log.info(
+        "LTAU calibration: k=%d scale=%.3g nominal level %.2f: coverage %.3f (uncalibrated %.3f) on %d atoms",
+        pick["k"],
+        pick["scale"],
+        pick["interval_level"],
+        pick["coverage"],
+        pick["coverage_uncalibrated"],
+        len(errors),
+    )
     return ltau.calibration

@@ -64,7 +64,22 @@ class LTAUIndex:
     ``dim <= KDTREE_MAX_DIM``, blocked above.
     """
 
-    def __init__(self, descriptors, numbers, *, kind: str = "flat", per_element: bool = False, hnsw_m: int = 32, ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = 64, ivf_nlist: int | None = None, ivf_nprobe: int = 8, center=None, exact_search: str = "auto", _indexes=None):
+    def __init__(
+        self,
+        descriptors,
+        numbers,
+        *,
+        kind: str = "flat",
+        per_element: bool = False,
+        hnsw_m: int = 32,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef_search: int = 64,
+        ivf_nlist: int | None = None,
+        ivf_nprobe: int = 8,
+        center=None,
+        exact_search: str = "auto",
+        _indexes=None,
+    ):
         if kind not in INDEX_KINDS:
             raise ConfigurationError(f"index kind {kind!r} is not one of {INDEX_KINDS}")
         if exact_search not in EXACT_SEARCH:
@@ -219,4 +234,13 @@ class LTAUIndex:
         return out
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "per_element": self.per_element, "hnsw": self.hnsw, "ivf": self.ivf, "dim": self.dim, "n_atoms": self.ntotal, "exact_search": self.exact_search, "centred": bool(np.any(self.center != 0))}
+        return {
+            "kind": self.kind,
+            "per_element": self.per_element,
+            "hnsw": self.hnsw,
+            "ivf": self.ivf,
+            "dim": self.dim,
+            "n_atoms": self.ntotal,
+            "exact_search": self.exact_search,
+            "centred": bool(np.any(self.center != 0)),
+        }

@@ -57,10 +57,15 @@ log = logging.getLogger(__name__)
 
 PER_ATOM = ("forces_uncertainty", "forces_error_probability_below_tol", "forces_error_interval", "ood_score")
 PER_STRUCTURE = (
-    "forces_uncertainty_max", "forces_uncertainty_mean",
-    "forces_error_probability_below_tol_max", "forces_error_probability_below_tol_mean", "forces_error_probability_below_tol_min",
-    "forces_error_interval_max", "forces_error_interval_mean",
-    "ood_score_max", "ood_score_mean",
+    "forces_uncertainty_max",
+    "forces_uncertainty_mean",
+    "forces_error_probability_below_tol_max",
+    "forces_error_probability_below_tol_mean",
+    "forces_error_probability_below_tol_min",
+    "forces_error_interval_max",
+    "forces_error_interval_mean",
+    "ood_score_max",
+    "ood_score_mean",
 )
 
 
@@ -210,7 +215,17 @@ class LTAULayer(Layer):
         return res
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": str(self.ltau.path) if self.ltau.path else None, "k": self.k, "scale": self.scale, "tolerance_eV_per_A": self.tolerance, "index": self.ltau.index.kind, "n_train_atoms": self.ltau.index.ntotal, "overlap": self.overlap, "on_demand": self.on_demand}
+        return {
+            "name": self.name,
+            "path": str(self.ltau.path) if self.ltau.path else None,
+            "k": self.k,
+            "scale": self.scale,
+            "tolerance_eV_per_A": self.tolerance,
+            "index": self.ltau.index.kind,
+            "n_train_atoms": self.ltau.index.ntotal,
+            "overlap": self.overlap,
+            "on_demand": self.on_demand,
+        }
 
 
 def _one_faiss_thread() -> None:

@@ -148,21 +148,27 @@ class ModelAdapter(abc.ABC):
     def check(self, atoms: Atoms, *, stress: bool = False, min_distance: float | None = MIN_DISTANCE) -> None:
         check_atoms(atoms, self.elements, self.model_id, min_distance=min_distance)
         if stress and not atoms.pbc.all():
-            raise StressNotDefined(
-                f"stress is defined only for cells periodic in all three directions; this one has pbc={atoms.pbc.tolist()}"
-            )
+            raise StressNotDefined(f"stress is defined only for cells periodic in all three directions; this one has pbc={atoms.pbc.tolist()}")
 
     def _cutoff_or_native(self, cutoff: float | None) -> float:
         if cutoff is None:
             return self.cutoff
         if not 0 < cutoff <= self.cutoff + 1e-9:
-            raise ConfigurationError(
-                f"cutoff {cutoff} Å is outside (0, {self.cutoff}] Å, the native cutoff of {self.model_id}; "
-                "radii beyond it change nothing in this model"
-            )
+            raise ConfigurationError(f"cutoff {cutoff} Å is outside (0, {self.cutoff}] Å, the native cutoff of {self.model_id}; radii beyond it change nothing in this model")
         return float(cutoff)
 
-    def compute(self, atoms_list: Sequence[Atoms], *, forces: bool = True, stress: bool = False, descriptors: bool = False, cutoff: float | None = None, create_graph: bool = False, min_distance: float | None = MIN_DISTANCE, node_weights: dict | None = None) -> dict[str, torch.Tensor]:
+    def compute(
+        self,
+        atoms_list: Sequence[Atoms],
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        descriptors: bool = False,
+        cutoff: float | None = None,
+        create_graph: bool = False,
+        min_distance: float | None = MIN_DISTANCE,
+        node_weights: dict | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Batched evaluation returning torch tensors (differentiable with ``create_graph``).
 
         Keys: ``energy`` [B], ``forces`` [N, 3], ``stress`` [B, 3, 3], ``energies`` [N],
@@ -196,8 +202,7 @@ class ModelAdapter(abc.ABC):
                 raise
             n = sum(len(a) for a in atoms_list)
             raise CalculationFailed(
-                f"{self.model_id} ran out of memory on {len(atoms_list)} structure(s) with {n} atoms in all on {self.device}; "
-                "evaluate fewer structures per batch or a smaller cell"
+                f"{self.model_id} ran out of memory on {len(atoms_list)} structure(s) with {n} atoms in all on {self.device}; evaluate fewer structures per batch or a smaller cell"
             ) from exc
         self._check_finite(out, atoms_list)
         return out
@@ -236,7 +241,17 @@ class ModelAdapter(abc.ABC):
                 formulas = ", ".join(a.get_chemical_formula() for a in atoms_list[:3])
                 raise CalculationFailed(f"{self.model_id} returned non-finite {key} for {formulas}")
 
-    def evaluate(self, atoms_list: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces"), *, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, workers: int | None = None, on_descriptors=None, node_weights: dict | None = None) -> list[dict[str, np.ndarray]]:
+    def evaluate(
+        self,
+        atoms_list: Sequence[Atoms],
+        properties: Sequence[str] = ("energy", "forces"),
+        *,
+        cutoff: float | None = None,
+        min_distance: float | None = MIN_DISTANCE,
+        workers: int | None = None,
+        on_descriptors=None,
+        node_weights: dict | None = None,
+    ) -> list[dict[str, np.ndarray]]:
         """Evaluate many structures; one dict of float64 numpy arrays per structure.
 
         Stress is Voigt-6 (xx, yy, zz, yz, xz, xy) in eV/Å³, as ASE expects.
@@ -276,7 +291,17 @@ class ModelAdapter(abc.ABC):
         return self._pool
 
     # Hessian ------------------------------------------------------------------
-    def hessian(self, atoms: Atoms, rows: Sequence[int] | None = None, *, method: str = "auto", delta: float = 1e-3, cutoff: float | None = None, min_distance: float | None = MIN_DISTANCE, node_weights: dict | None = None) -> np.ndarray:
+    def hessian(
+        self,
+        atoms: Atoms,
+        rows: Sequence[int] | None = None,
+        *,
+        method: str = "auto",
+        delta: float = 1e-3,
+        cutoff: float | None = None,
+        min_distance: float | None = MIN_DISTANCE,
+        node_weights: dict | None = None,
+    ) -> np.ndarray:
         """Rows of the energy Hessian d²E/dx_i dx_j in eV/Å², shape ``[len(rows), 3N]``.
 
         Sign convention: forces are -∇E, so the force Jacobian dF/dx is -H.
@@ -354,6 +379,7 @@ def _is_out_of_memory(exc: RuntimeError) -> bool:
 
 def split_results(out: dict[str, torch.Tensor], n_atoms: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Split batched tensors into per-structure float64 numpy dicts (stress as Voigt-6)."""
+
     def np64(t):
         return t.detach().cpu().double().numpy()
 

@@ -28,8 +28,8 @@ from .._runtime import isolated
 from ..errors import ModelLoadError
 from ..neighbors import bounding_cell, device_neighbor_list
 from .base import Forward, ModelAdapter
-from .family import Family, file_ending, register
 from .chgnet_graph import angles, bonds
+from .family import Family, file_ending, register
 
 
 class CHGNetAdapter(ModelAdapter):
@@ -131,7 +131,15 @@ class CHGNetAdapter(ModelAdapter):
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         m = self.module
         groups = {
-            "embedding": [*m.atom_embedding.parameters(), *m.bond_basis_expansion.parameters(), *m.bond_embedding.parameters(), *m.bond_weights_ag.parameters(), *m.bond_weights_bg.parameters(), *m.angle_basis_expansion.parameters(), *m.angle_embedding.parameters()],
+            "embedding": [
+                *m.atom_embedding.parameters(),
+                *m.bond_basis_expansion.parameters(),
+                *m.bond_embedding.parameters(),
+                *m.bond_weights_ag.parameters(),
+                *m.bond_weights_bg.parameters(),
+                *m.angle_basis_expansion.parameters(),
+                *m.angle_embedding.parameters(),
+            ],
         }
         for k, atom_layer in enumerate(m.atom_conv_layers):
             params = list(atom_layer.parameters())

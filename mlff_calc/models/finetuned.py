@@ -124,7 +124,9 @@ def load_finetuned(folder, *, device="auto", dtype=None, base_adapter=None, load
         raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}', not '{adapter.model_id}'")
     got = weights_sha256(adapter)
     if got != base["weights_sha256"]:
-        raise ArtifactError(f"{folder} was fine-tuned from '{base['model_id']}' with weights sha256 {base['weights_sha256'][:12]}..., but the loaded base weights have {got[:12]}...; these weights do not belong to that base")
+        raise ArtifactError(
+            f"{folder} was fine-tuned from '{base['model_id']}' with weights sha256 {base['weights_sha256'][:12]}..., but the loaded base weights have {got[:12]}...; these weights do not belong to that base"
+        )
     named = dict(adapter.module.named_parameters())
     for name, t in state.items():
         if name not in named or tuple(named[name].shape) != tuple(t.shape):

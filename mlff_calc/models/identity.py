@@ -46,7 +46,9 @@ def check_identity(adapter, recorded: dict, *, what: str) -> None:
         got = recorded.get("model_id") if isinstance(recorded, dict) else recorded
         raise ArtifactError(f"{what} was made for model '{got}', not '{mine['model_id']}'")
     if recorded.get("sha256") != mine["sha256"]:
-        raise ArtifactError(f"{what} was made for '{mine['model_id']}' with weights sha256 {str(recorded.get('sha256'))[:12]}..., but this model's weights have {mine['sha256'][:12]}...; it does not belong to these weights")
+        raise ArtifactError(
+            f"{what} was made for '{mine['model_id']}' with weights sha256 {str(recorded.get('sha256'))[:12]}..., but this model's weights have {mine['sha256'][:12]}...; it does not belong to these weights"
+        )
 
 
 def teacher_identity(calc) -> dict:

@@ -228,7 +228,13 @@ class M3GNetAdapter(ModelAdapter):
 
 def _recipe(module) -> dict:
     """What rebuilds a matgl module: its class, matgl's record of its constructor arguments, its state."""
-    return {"module": type(module).__module__, "class": type(module).__name__, "init_args": module._init_args, "state": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "training": module.training}
+    return {
+        "module": type(module).__module__,
+        "class": type(module).__name__,
+        "init_args": module._init_args,
+        "state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "training": module.training,
+    }
 
 
 def _rebuild(recipe: dict, device, dtype):

@@ -64,10 +64,7 @@ def mace_scope():
 def _check_mace(module, where: str) -> None:
     needed = ("r_max", "atomic_numbers", "atomic_energies_fn", "interactions", "products", "readouts")
     if not isinstance(module, torch.nn.Module) or not all(hasattr(module, a) for a in needed):
-        raise ModelLoadError(
-            f"{where} holds a {type(module).__name__}, not a MACE model; "
-            "pass a whole-model MACE file (.model, as the MACE-MP-0 releases) or an nn.Module"
-        )
+        raise ModelLoadError(f"{where} holds a {type(module).__name__}, not a MACE model; pass a whole-model MACE file (.model, as the MACE-MP-0 releases) or an nn.Module")
 
 
 def _select_head(module, head: str | None) -> int:

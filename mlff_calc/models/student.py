@@ -66,7 +66,17 @@ FAST_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "channels": 8, "max_ell": 1, "num_b
 _ARCH_KEYS = set(DEFAULT_ARCHITECTURE) | {"atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift", "seed"}
 
 
-def build_student(elements: Sequence[int], *, architecture: Mapping | None = None, atomic_energies: Mapping[int, float] | None = None, avg_num_neighbors: float = 16.0, scale: float = 1.0, shift: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_student(
+    elements: Sequence[int],
+    *,
+    architecture: Mapping | None = None,
+    atomic_energies: Mapping[int, float] | None = None,
+    avg_num_neighbors: float = 16.0,
+    scale: float = 1.0,
+    shift: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """A fresh student module and the complete kwargs that rebuild it (for ``student.json``)."""
     zs = sorted({int(z) for z in elements})
     arch = {**DEFAULT_ARCHITECTURE, **dict(architecture or {})}
@@ -197,7 +207,9 @@ class StudentAdapter(MACEAdapter):
     def _compute(self, atoms_list, rc, *, forces, stress, descriptors, create_graph, need_grad, on_descriptors=None, node_weights=None) -> dict:
         compiled = None if node_weights else self._compiled_for(rc, create_graph=create_graph, gradients=forces or stress)
         if compiled is None:
-            return super()._compute(atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors, node_weights=node_weights)
+            return super()._compute(
+                atoms_list, rc, forces=forces, stress=stress, descriptors=descriptors, create_graph=create_graph, need_grad=need_grad, on_descriptors=on_descriptors, node_weights=node_weights
+            )
         graph = self.graph(atoms_list, rc)
         graph["positions"].requires_grad_(True)
         strain = torch.zeros(len(atoms_list), 3, 3, dtype=self.dtype, device=self.device, requires_grad=True) if stress else None
@@ -294,7 +306,9 @@ def _verify_check(adapter: StudentAdapter, check: dict, folder: Path, *, same_dt
         )
 
 
-def save_student(student, folder, *, teacher: dict | None = None, training_data_sha256: str | None = None, metrics: dict | None = None, config: dict | None = None, check_atoms: Atoms | None = None) -> Path:
+def save_student(
+    student, folder, *, teacher: dict | None = None, training_data_sha256: str | None = None, metrics: dict | None = None, config: dict | None = None, check_atoms: Atoms | None = None
+) -> Path:
     """Write ``student.json`` + ``student.pt`` (a state_dict) into ``folder`` atomically.
 
     ``student``: a :class:`StudentAdapter` (or anything with ``.adapter`` holding one,
@@ -348,7 +362,7 @@ def _default_check(student: StudentAdapter) -> Atoms:
     zs = sorted(student.elements)
     n = max(len(zs), 2)
     rng = np.random.default_rng(0)
-    grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float)[:max(n, 8)] * 2.4
+    grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float)[: max(n, 8)] * 2.4
     numbers = [zs[k % len(zs)] for k in range(len(grid))]
     return Atoms(numbers=numbers, positions=grid + rng.normal(0, 0.05, grid.shape), cell=np.eye(3) * 4.8, pbc=True)
 

@@ -172,7 +172,9 @@ def first_layer_columns(adapter: ModelAdapter) -> list[int]:
 def save_head(model: TwoHeadModel, folder) -> Path:
     """Write ``prior_head.json`` + ``prior_head.pt`` into ``folder`` atomically."""
     base_model = model_identity(model.base)
-    return write_bound(folder, manifest_name=HEAD_MANIFEST, weights_name=HEAD_WEIGHTS, state=model.prior_head.state_dict(), fmt=HEAD_FORMAT, version=HEAD_VERSION, base_model=base_model, **model.describe_heads())
+    return write_bound(
+        folder, manifest_name=HEAD_MANIFEST, weights_name=HEAD_WEIGHTS, state=model.prior_head.state_dict(), fmt=HEAD_FORMAT, version=HEAD_VERSION, base_model=base_model, **model.describe_heads()
+    )
 
 
 def load_head(base: ModelAdapter, folder) -> TwoHeadModel:

@@ -49,8 +49,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import ConfigurationError
-from .reference import DEFAULT_N_RADII, DENSE_MAX, DISTANCES, RadiusChoice, SpectrumReference, candidate_radii, choose_radius
 from ..layers.base import Layer, Request
+from .reference import DEFAULT_N_RADII, DENSE_MAX, DISTANCES, RadiusChoice, SpectrumReference, candidate_radii, choose_radius
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,18 @@ class RewiringLayer(Layer):
             path, distance = Path(text), "padded_l2"
         return cls(SpectrumReference.load(path), distance=distance)
 
-    def __init__(self, reference: SpectrumReference, distance: str = "padded_l2", radii=None, *, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs):
+    def __init__(
+        self,
+        reference: SpectrumReference,
+        distance: str = "padded_l2",
+        radii=None,
+        *,
+        n_radii: int = DEFAULT_N_RADII,
+        centre: bool = True,
+        method: str = "auto",
+        dense_max: int = DENSE_MAX,
+        **spectrum_kwargs,
+    ):
         if not isinstance(reference, SpectrumReference):
             raise ConfigurationError(f"RewiringLayer needs a SpectrumReference, not {type(reference).__name__}")
         if distance not in DISTANCES:
@@ -140,7 +151,12 @@ class RewiringLayer(Layer):
         self.n_refinements += 1
         log.info("rewiring %s: r* = %.3f Å (%s distance %.4g; native %.3f Å)", key, choice.r_star, self.distance, choice.distances.min(), self.reference.cutoff)
         if choice.r_star < self.reference.cutoff and choice.gap[1] - choice.gap[0] < NARROW_GAP and not self.switch_width_A:
-            log.warning("rewiring %s: r* = %.3f Å lies within %.3f Å of neighbour distances; in MD or a relaxation pairs will cross it and the energy will jump there", key, choice.r_star, 0.5 * (choice.gap[1] - choice.gap[0]))
+            log.warning(
+                "rewiring %s: r* = %.3f Å lies within %.3f Å of neighbour distances; in MD or a relaxation pairs will cross it and the energy will jump there",
+                key,
+                choice.r_star,
+                0.5 * (choice.gap[1] - choice.gap[0]),
+            )
         return choice
 
     def choice(self, atoms) -> RadiusChoice | None:

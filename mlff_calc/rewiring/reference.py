@@ -47,7 +47,22 @@ class SpectrumReference:
     one cutoff; :meth:`check` refuses any other with ArtifactError.
     """
 
-    def __init__(self, *, model_id: str, cutoff: float, mean_sorted, histogram, edges, band_fraction: float, sizes, band=BAND, self_images: str = "drop", model_sha256: str | None = None, source: str | None = None, path: str | None = None):
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        cutoff: float,
+        mean_sorted,
+        histogram,
+        edges,
+        band_fraction: float,
+        sizes,
+        band=BAND,
+        self_images: str = "drop",
+        model_sha256: str | None = None,
+        source: str | None = None,
+        path: str | None = None,
+    ):
         _check_self_images(self_images)
         self.model_id = str(model_id)
         self.cutoff = float(cutoff)
@@ -69,7 +84,20 @@ class SpectrumReference:
         return f"SpectrumReference({self.model_id!r}, cutoff={self.cutoff} Å, {self.n_structures} graphs, padded size {self.padded_size})"
 
     @classmethod
-    def build(cls, structures: Sequence[Atoms], *, model_id: str | None = None, cutoff: float | None = None, adapter=None, n_bins: int = DEFAULT_BINS, band=BAND, self_images: str = "drop", source: str | None = None, method: str = "dense", **spectrum_kwargs) -> "SpectrumReference":
+    def build(
+        cls,
+        structures: Sequence[Atoms],
+        *,
+        model_id: str | None = None,
+        cutoff: float | None = None,
+        adapter=None,
+        n_bins: int = DEFAULT_BINS,
+        band=BAND,
+        self_images: str = "drop",
+        source: str | None = None,
+        method: str = "dense",
+        **spectrum_kwargs,
+    ) -> "SpectrumReference":
         """Statistics of ``structures`` (the model's training graphs) at ``cutoff``.
 
         Give ``adapter`` (model id, sha256 and native cutoff are taken from it) or
@@ -103,7 +131,19 @@ class SpectrumReference:
         isolated = sum(s.n_isolated for s in spectra)
         if isolated:
             log.warning("%d isolated atoms in the reference graphs at %.3f Å (eigenvalue 1 each)", isolated, cutoff)
-        return cls(model_id=model_id, cutoff=float(cutoff), mean_sorted=padded.mean(axis=0), histogram=hist, edges=edges, band_fraction=frac, sizes=sizes, band=band, self_images=self_images, model_sha256=sha, source=source)
+        return cls(
+            model_id=model_id,
+            cutoff=float(cutoff),
+            mean_sorted=padded.mean(axis=0),
+            histogram=hist,
+            edges=edges,
+            band_fraction=frac,
+            sizes=sizes,
+            band=band,
+            self_images=self_images,
+            model_sha256=sha,
+            source=source,
+        )
 
     # binding ------------------------------------------------------------------------
     def check(self, adapter) -> None:
@@ -114,7 +154,9 @@ class SpectrumReference:
         if self.model_sha256 and adapter.sha256 and self.model_sha256 != adapter.sha256:
             raise ArtifactError(f"{where} was built for '{self.model_id}' with weights sha256 {self.model_sha256[:12]}..., but the loaded weights have {adapter.sha256[:12]}...")
         if abs(self.cutoff - adapter.cutoff) > 1e-9:
-            raise ArtifactError(f"{where} was built at cutoff {self.cutoff} Å, but {adapter.model_id} has native cutoff {adapter.cutoff} Å; the reference must describe the training graphs at the native cutoff")
+            raise ArtifactError(
+                f"{where} was built at cutoff {self.cutoff} Å, but {adapter.model_id} has native cutoff {adapter.cutoff} Å; the reference must describe the training graphs at the native cutoff"
+            )
 
     # distances ----------------------------------------------------------------------
     def check_size(self, n_atoms: int) -> None:
@@ -202,7 +244,20 @@ class SpectrumReference:
             raise ArtifactError(f"spectrum reference arrays {npz} lack {sorted(missing)}")
         if graph.get("self_images") not in SELF_IMAGES:
             raise ArtifactError(f"spectrum reference {path} names an unknown self-image convention {graph.get('self_images')!r}")
-        ref = cls(model_id=model_id, cutoff=cutoff, mean_sorted=arrays["mean_sorted"], histogram=arrays["histogram"], edges=arrays["edges"], band_fraction=float(data["band_fraction"]), sizes=arrays["sizes"], band=band, self_images=graph["self_images"], model_sha256=data.get("model_sha256"), source=data.get("source"), path=str(path))
+        ref = cls(
+            model_id=model_id,
+            cutoff=cutoff,
+            mean_sorted=arrays["mean_sorted"],
+            histogram=arrays["histogram"],
+            edges=arrays["edges"],
+            band_fraction=float(data["band_fraction"]),
+            sizes=arrays["sizes"],
+            band=band,
+            self_images=graph["self_images"],
+            model_sha256=data.get("model_sha256"),
+            source=data.get("source"),
+            path=str(path),
+        )
         if adapter is not None:
             ref.check(adapter)
         return ref
@@ -251,7 +306,16 @@ class RadiusChoice:
 
     def as_dict(self) -> dict:
         gap = None if self.gap is None else [float(self.gap[0]), float(self.gap[1])]
-        return {"r_star": self.r_star, "r_grid": self.r_grid, "gap": gap, "radii": self.radii.tolist(), "distances": self.distances.tolist(), "n_isolated": self.n_isolated.tolist(), "distance": self.distance, "methods": self.methods}
+        return {
+            "r_star": self.r_star,
+            "r_grid": self.r_grid,
+            "gap": gap,
+            "radii": self.radii.tolist(),
+            "distances": self.distances.tolist(),
+            "n_isolated": self.n_isolated.tolist(),
+            "distance": self.distance,
+            "methods": self.methods,
+        }
 
 
 def same_graph_interval(pairs: _Pairs, r: float, native: float, self_images: str = "drop") -> tuple[float, float]:
@@ -263,7 +327,18 @@ def same_graph_interval(pairs: _Pairs, r: float, native: float, self_images: str
     return lo, hi
 
 
-def choose_radius(atoms: Atoms, reference: SpectrumReference, *, distance: str = "padded_l2", radii=None, n_radii: int = DEFAULT_N_RADII, centre: bool = True, method: str = "auto", dense_max: int = DENSE_MAX, **spectrum_kwargs) -> RadiusChoice:
+def choose_radius(
+    atoms: Atoms,
+    reference: SpectrumReference,
+    *,
+    distance: str = "padded_l2",
+    radii=None,
+    n_radii: int = DEFAULT_N_RADII,
+    centre: bool = True,
+    method: str = "auto",
+    dense_max: int = DENSE_MAX,
+    **spectrum_kwargs,
+) -> RadiusChoice:
     """Pick the candidate radius whose graph's spectrum is closest to ``reference``.
 
     The neighbour list is built once at the largest radius and filtered for the others.

@@ -55,7 +55,20 @@ class ScreenReport:
     model: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"job": self.job, "task": self.task, "n_structures": self.n_structures, "skipped": self.skipped, "done": self.done, "failed": [list(f) for f in self.failed], "by_others": self.by_others, "retried_chunks": self.retried_chunks, "wall_s": round(self.wall_s, 3), "executor": self.executor, "model": self.model, "units": UNITS}
+        return {
+            "job": self.job,
+            "task": self.task,
+            "n_structures": self.n_structures,
+            "skipped": self.skipped,
+            "done": self.done,
+            "failed": [list(f) for f in self.failed],
+            "by_others": self.by_others,
+            "retried_chunks": self.retried_chunks,
+            "wall_s": round(self.wall_s, 3),
+            "executor": self.executor,
+            "model": self.model,
+            "units": UNITS,
+        }
 
 
 def job_id(task: str, params: dict, model: dict, structures: Sequence[Atoms]) -> str:
@@ -66,7 +79,20 @@ def job_id(task: str, params: dict, model: dict, structures: Sequence[Atoms]) ->
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def screen(structures: Sequence[Atoms], task: str, model, db, *, executor=None, params: dict | None = None, max_atoms: int = 512, max_structures: int = 64, progress: bool | None = None, lease_s: float = 60.0, poll_s: float = 0.5) -> ScreenReport:
+def screen(
+    structures: Sequence[Atoms],
+    task: str,
+    model,
+    db,
+    *,
+    executor=None,
+    params: dict | None = None,
+    max_atoms: int = 512,
+    max_structures: int = 64,
+    progress: bool | None = None,
+    lease_s: float = 60.0,
+    poll_s: float = 0.5,
+) -> ScreenReport:
     """Run ``task`` (``singlepoint``, ``relax``, ``phonons``, ``softening``) on every structure into ``db``.
 
     ``model``: a :class:`~mlff_calc.executors.worker.ModelRecipe` (any executor) or an

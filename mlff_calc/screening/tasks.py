@@ -90,7 +90,13 @@ def _relax_one(calc, atoms, params):
 
     relax_cell = bool(params["relax_cell"]) and bool(atoms.pbc.all())
     res = Relax(atoms, calc, relax_cell=relax_cell, fmax_eV_per_A=params["fmax_eV_per_A"], max_steps=params["max_steps"], optimizer=params["optimizer"], progress=False).run()
-    results = {"energy": float(res.energy), "converged": bool(res.converged), "n_steps": int(res.n_steps), "max_force": float(res.max_force_eV_per_A), "volume": float(res.atoms.get_volume()) if res.atoms.pbc.all() else float("nan")}
+    results = {
+        "energy": float(res.energy),
+        "converged": bool(res.converged),
+        "n_steps": int(res.n_steps),
+        "max_force": float(res.max_force_eV_per_A),
+        "volume": float(res.atoms.get_volume()) if res.atoms.pbc.all() else float("nan"),
+    }
     final = res.atoms.copy()
     final.calc = None
     return results, final

@@ -21,10 +21,10 @@ from ..data.dft import (
     read_dft_structures,
     read_phonopy_dataset,
 )
+from .correct import correct, load_corrected
+from .elements import ElementFit, ElementSofteningLayer, fit_element_scales
 from .fit import FAMILY_PACKAGES, FORMAT, FORMAT_VERSION, MODES, PAPER_WEIGHTS, UNITS, SofteningFit, composition_energy, fit_scale
 from .layer import SofteningLayer
-from .elements import ElementFit, ElementSofteningLayer, fit_element_scales
-from .correct import correct, load_corrected
 from .measure import MAX_ATOMS_PER_BATCH, ForceStats, SofteningReport, measure, softening_scale
 
 __all__ = [

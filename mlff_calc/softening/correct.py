@@ -24,9 +24,8 @@ import numpy as np
 
 from .._version import __version__
 from ..artifacts import check_manifest, read_json, write_json
-from ..errors import ArtifactError, ConfigurationError
 from ..data.dft import DFTDataset
-from .fit import _closed_form, fit_scale
+from ..errors import ArtifactError, ConfigurationError
 from .elements import (
     Design,
     ElementFit,
@@ -35,6 +34,7 @@ from .elements import (
     fit_element_scales,
     solve_scales,
 )
+from .fit import _closed_form, fit_scale
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from ase.data import atomic_numbers, chemical_symbols
 from .._version import __version__
 from ..artifacts import check_manifest, read_json, write_json
 from ..checks import MIN_DISTANCE
+from ..data.dft import DFTDataset, chemical_system
 from ..errors import ArtifactError, ConfigurationError, InvalidStructureError
 from ..layers.base import Layer, Request
-from ..data.dft import DFTDataset, chemical_system
 from .fit import MODES, _closed_form, _package_version
 from .measure import _resolve_subtract
 
@@ -275,7 +275,9 @@ class ElementSofteningLayer(Layer):
         if self.fit is not None:
             where = self.fit.path or self.fit.source
             if self.fit.model_id != adapter.model_id or (self.fit.model_sha256 and adapter.sha256 and self.fit.model_sha256 != adapter.sha256):
-                raise ArtifactError(f"per-element softening fit {where} was made for model '{self.fit.model_id}', not the loaded '{adapter.model_id}' (or its weights changed); fit it again for this model")
+                raise ArtifactError(
+                    f"per-element softening fit {where} was made for model '{self.fit.model_id}', not the loaded '{adapter.model_id}' (or its weights changed); fit it again for this model"
+                )
         self._weights = {int(z): self.scales.get(int(z), self.default) for z in adapter.elements}
         self._refs = dict(adapter.reference_energies()) if self.mode == "reference" else {}
         if self.mode == "reference" and not self._refs:

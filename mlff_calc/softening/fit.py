@@ -119,13 +119,32 @@ class SofteningFit:
 
 
 _REQUIRED = {
-    "c": float, "mode": str, "model_id": str, "chemical_system": str, "chemical_systems": list, "source": str,
-    "n_structures": int, "n_components": int, "s": float, "s_intercept": float, "mae": float, "cmae": float, "mae_corrected": float,
+    "c": float,
+    "mode": str,
+    "model_id": str,
+    "chemical_system": str,
+    "chemical_systems": list,
+    "source": str,
+    "n_structures": int,
+    "n_components": int,
+    "s": float,
+    "s_intercept": float,
+    "mae": float,
+    "cmae": float,
+    "mae_corrected": float,
 }
 _OPTIONAL = {
-    "energy_weight": float, "force_weight": float, "stress_weight": float, "n_energies": int, "n_stresses": int,
-    "subtract_reference": bool, "model_family": str, "model_version": str, "model_sha256": str,
-    "mlff_calc_version": str, "units": dict,
+    "energy_weight": float,
+    "force_weight": float,
+    "stress_weight": float,
+    "n_energies": int,
+    "n_stresses": int,
+    "subtract_reference": bool,
+    "model_family": str,
+    "model_version": str,
+    "model_sha256": str,
+    "mlff_calc_version": str,
+    "units": dict,
 }
 
 
@@ -239,8 +258,7 @@ def _check_compositions(dataset: DFTDataset, allow_mixed: bool) -> None:
     formulas = sorted({s.atoms.get_chemical_formula(empirical=True) for s in dataset.structures})
     if len(formulas) > 1 and not allow_mixed:
         raise ConfigurationError(
-            f"{dataset.source} mixes {len(formulas)} compositions ({', '.join(formulas[:5])}); "
-            "one softening scale per composition is the default: pass allow_mixed=True to fit them together"
+            f"{dataset.source} mixes {len(formulas)} compositions ({', '.join(formulas[:5])}); one softening scale per composition is the default: pass allow_mixed=True to fit them together"
         )
 
 
@@ -283,10 +301,7 @@ def _closed_form(terms, source: str) -> float:
         raise ConfigurationError(f"the softening fit on {source} is ill-conditioned: the model's terms are all zero")
     c = num / den
     if not (math.isfinite(c) and c > 0):
-        raise ConfigurationError(
-            f"the softening fit on {source} gave c = {c:.4g} <= 0: model and DFT forces do not correlate; "
-            "check the data (units, atom order, residual-force subtraction)"
-        )
+        raise ConfigurationError(f"the softening fit on {source} gave c = {c:.4g} <= 0: model and DFT forces do not correlate; check the data (units, atom order, residual-force subtraction)")
     return c
 
 

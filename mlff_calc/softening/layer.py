@@ -27,8 +27,8 @@ import warnings
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigurationError, InvalidStructureError
 from ..data.dft import chemical_system
+from ..errors import ArtifactError, ConfigurationError, InvalidStructureError
 from ..layers.base import Layer, Request
 from .fit import MODES, SofteningFit, composition_energy
 
@@ -83,10 +83,7 @@ class SofteningLayer(Layer):
         fit = self.fit
         where = fit.path or fit.source
         if fit.model_id != adapter.model_id:
-            raise ArtifactError(
-                f"softening fit {where} was made for model '{fit.model_id}', not '{adapter.model_id}'; "
-                "a softening scale belongs to one model: fit c again for this one"
-            )
+            raise ArtifactError(f"softening fit {where} was made for model '{fit.model_id}', not '{adapter.model_id}'; a softening scale belongs to one model: fit c again for this one")
         if fit.model_sha256 and adapter.sha256 and fit.model_sha256 != adapter.sha256:
             raise ArtifactError(
                 f"softening fit {where} was made for '{fit.model_id}' with weights sha256 {fit.model_sha256[:12]}..., "

@@ -54,10 +54,7 @@ def _resolve_subtract(dataset: DFTDataset, subtract_reference: bool | None) -> b
     if subtract_reference is None:
         return dataset.reference is not None
     if subtract_reference and dataset.reference is None:
-        raise ConfigurationError(
-            f"subtract_reference=True needs the undisplaced structure, but {dataset.source} has none; "
-            "read phonopy data with read_phonopy_dataset"
-        )
+        raise ConfigurationError(f"subtract_reference=True needs the undisplaced structure, but {dataset.source} has none; read phonopy data with read_phonopy_dataset")
     return bool(subtract_reference)
 
 

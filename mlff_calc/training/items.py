@@ -22,9 +22,21 @@ def items_from_records(records: Sequence[LabelRecord], dtype, device, *, offsets
     items, offset = [], 0
     for r in records:
         t = lambda x: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
-        items.append(TrainItem(index=r.index, atoms=r.atoms, energy=t(r.energy), forces=t(r.forces), stress=None if r.stress is None else t(voigt_to_matrix(r.stress)), hessian_rows=r.hessian_rows, hessian=t(r.hessian), atom_offset=offset if offsets else 0))
+        items.append(
+            TrainItem(
+                index=r.index,
+                atoms=r.atoms,
+                energy=t(r.energy),
+                forces=t(r.forces),
+                stress=None if r.stress is None else t(voigt_to_matrix(r.stress)),
+                hessian_rows=r.hessian_rows,
+                hessian=t(r.hessian),
+                atom_offset=offset if offsets else 0,
+            )
+        )
         offset += len(r.atoms)
     return items
+
 
 def items_from_dft(dataset, adapter) -> list[TrainItem]:
     """The structures of a DFTDataset as TrainItems in ``adapter``'s dtype and device (energy or stress may be None)."""
@@ -72,7 +84,12 @@ def evaluate_items(adapter, items: Sequence[TrainItem], batch_size: int = 8) -> 
         f_norm.append(torch.linalg.vector_norm(diff, dim=-1).double().cpu().numpy())
         if stress:
             s_err.append((out["stress"] - torch.stack([it.stress for it in chunk])).abs().reshape(-1).double().cpu().numpy())
-    metrics = {"energy_mae_per_atom": float(np.mean(np.concatenate(e_err))) if e_err else float("nan"), "force_mae": float(np.mean(np.concatenate(f_err))), "force_l2mae": float(np.mean(np.concatenate(f_norm))), "force_rmse": float(np.sqrt(np.mean(np.concatenate(f_err) ** 2)))}
+    metrics = {
+        "energy_mae_per_atom": float(np.mean(np.concatenate(e_err))) if e_err else float("nan"),
+        "force_mae": float(np.mean(np.concatenate(f_err))),
+        "force_l2mae": float(np.mean(np.concatenate(f_norm))),
+        "force_rmse": float(np.sqrt(np.mean(np.concatenate(f_err) ** 2))),
+    }
     if s_err:
         metrics["stress_mae"] = float(np.mean(np.concatenate(s_err)))
     return metrics

@@ -157,7 +157,9 @@ class Trainer:
         """Context in which the module holds the EMA weights (a no-op without EMA)."""
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
-    def fit(self, step: Callable, batches: Callable[[int], Iterable], validate: Callable[[], dict], *, on_epoch_end: Callable[[int, dict], None] | None = None, steps_per_epoch: int | None = None) -> TrainHistory:
+    def fit(
+        self, step: Callable, batches: Callable[[int], Iterable], validate: Callable[[], dict], *, on_epoch_end: Callable[[int, dict], None] | None = None, steps_per_epoch: int | None = None
+    ) -> TrainHistory:
         """Train for up to ``config.epochs`` epochs; returns the history with the best weights restored.
 
         ``step(batch) -> (loss tensor, info dict of floats)``; ``batches(epoch)`` yields the

@@ -17,8 +17,8 @@ foundation models), :mod:`~mlff_calc.ttt.adapt` (the adaptation loop) and the
 layer :class:`mlff_calc.ttt.layer.TTTLayer` (also ``mlff_calc.layers.ttt.TTTLayer``).
 """
 
-from .adapt import AdaptConfig, adapt
 from ..models.two_head import PriorHead, TwoHeadModel, load_head, save_head
+from .adapt import AdaptConfig, adapt
 from .layer import TTTLayer
 from .priors import PRIORS, check_coverage, prior_calculator, prior_labels
 from .train import TTTResult, fit_prior_head, save_ttt_student, train_ttt_student

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..training.loss import DistillationLoss, LossWeights, TrainItem
 from ..errors import CalculationFailed, ConfigurationError
+from ..training.loss import DistillationLoss, LossWeights, TrainItem
 from ..training.trainer import only_trainable
 from .priors import prior_labels
 
@@ -44,7 +44,15 @@ def label_items(structures, labels, dtype, device) -> list[TrainItem]:
     """Prior labels as loss items (no stress, no Hessian rows)."""
     empty = np.zeros(0, dtype=np.int64)
     return [
-        TrainItem(index=k, atoms=a, energy=torch.tensor(e, dtype=dtype, device=device), forces=torch.as_tensor(f, dtype=dtype, device=device), stress=None, hessian_rows=empty, hessian=torch.zeros((0, 3 * len(a)), dtype=dtype, device=device))
+        TrainItem(
+            index=k,
+            atoms=a,
+            energy=torch.tensor(e, dtype=dtype, device=device),
+            forces=torch.as_tensor(f, dtype=dtype, device=device),
+            stress=None,
+            hessian_rows=empty,
+            hessian=torch.zeros((0, 3 * len(a)), dtype=dtype, device=device),
+        )
         for k, (a, (e, f)) in enumerate(zip(structures, labels))
     ]
 

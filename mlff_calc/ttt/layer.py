@@ -133,7 +133,18 @@ class TTTLayer(Layer):
         if not self.adapted:
             raise ConfigurationError("nothing to save: call adapt(structures) first")
         history = {k: v for k, v in self.history.items() if k != "step_losses"}
-        write_bound(folder, manifest_name=ADAPTED_MANIFEST, weights_name=ADAPTED_WEIGHTS, state=self._params(), fmt=ADAPTED_FORMAT, version=ADAPTED_VERSION, base_model=self._binding, prior=model.prior, adapt_groups=list(model.adapt_groups), history=history)
+        write_bound(
+            folder,
+            manifest_name=ADAPTED_MANIFEST,
+            weights_name=ADAPTED_WEIGHTS,
+            state=self._params(),
+            fmt=ADAPTED_FORMAT,
+            version=ADAPTED_VERSION,
+            base_model=self._binding,
+            prior=model.prior,
+            adapt_groups=list(model.adapt_groups),
+            history=history,
+        )
         return Path(folder)
 
     def load(self, folder) -> None:

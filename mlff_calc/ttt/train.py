@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from ..data.labels import LabelStore
+from ..errors import ConfigurationError
+from ..models.two_head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
 from ..training.items import evaluate_items, fit_reference_energies, items_from_records, new_student, rms_force, split_records
 from ..training.loss import DistillationLoss, LossWeights
-from ..errors import ConfigurationError
 from .adapt import label_items, prior_loss, trainable
-from ..models.two_head import DEFAULT_ADAPT_GROUPS, PriorHead, TwoHeadModel, first_layer_columns, invariant_width, save_head
 from .priors import check_coverage, prior_labels, prior_spec
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,26 @@ def _fit(model, params_groups, items, valid_items, *, head: str, weights: LossWe
     return history
 
 
-def train_ttt_student(labels, prior, *, architecture: Mapping | None = None, adapt_groups: Sequence[str] = DEFAULT_ADAPT_GROUPS, head_hidden: int = 32, dtype: str = "float32", device: str = "cpu", prior_epochs: int = 30, reference_epochs: int = 30, batch_size: int = 4, lr: float = 5e-3, lambda_energy: float = 5.0, lambda_forces: float = 100.0, lambda_kd: float = 0.0, seed: int = 0, out_dir=None, progress: bool | None = None) -> TTTResult:
+def train_ttt_student(
+    labels,
+    prior,
+    *,
+    architecture: Mapping | None = None,
+    adapt_groups: Sequence[str] = DEFAULT_ADAPT_GROUPS,
+    head_hidden: int = 32,
+    dtype: str = "float32",
+    device: str = "cpu",
+    prior_epochs: int = 30,
+    reference_epochs: int = 30,
+    batch_size: int = 4,
+    lr: float = 5e-3,
+    lambda_energy: float = 5.0,
+    lambda_forces: float = 100.0,
+    lambda_kd: float = 0.0,
+    seed: int = 0,
+    out_dir=None,
+    progress: bool | None = None,
+) -> TTTResult:
     """A two-head student: prior phase on ``prior`` labels, then reference phase on ``labels``.
 
     ``labels``: a distillation label store (folder or :class:`LabelStore`) of teacher
@@ -129,7 +148,16 @@ def train_ttt_student(labels, prior, *, architecture: Mapping | None = None, ada
     with model.using("prior"):
         metrics["prior_valid"] = evaluate_items(model, prior_valid)
     history = {"prior_phase": phase1.rows, "reference_phase": phase2.rows}
-    result = TTTResult(model=model, history=history, metrics=metrics, teacher=store.teacher, training_data_sha256=store.content_sha256(), config=config, check_atoms=train_rec[0].atoms.copy(), wall_time_s=time.perf_counter() - started)
+    result = TTTResult(
+        model=model,
+        history=history,
+        metrics=metrics,
+        teacher=store.teacher,
+        training_data_sha256=store.content_sha256(),
+        config=config,
+        check_atoms=train_rec[0].atoms.copy(),
+        wall_time_s=time.perf_counter() - started,
+    )
     if out_dir is not None:
         save_ttt_student(result, out_dir)
         write_json(Path(out_dir) / "ttt-history.json", {"history": history, "metrics": metrics, "config": config})
@@ -151,7 +179,19 @@ def save_ttt_student(result: TTTResult, folder) -> Path:
     return Path(folder)
 
 
-def fit_prior_head(adapter, structures, prior, *, columns: Sequence[int] | None = None, adapt_groups: Sequence[str] = DEFAULT_ADAPT_GROUPS, hidden: int = 32, epochs: int = 200, lr: float = 1e-2, seed: int = 0, progress: bool | None = None) -> TwoHeadModel:
+def fit_prior_head(
+    adapter,
+    structures,
+    prior,
+    *,
+    columns: Sequence[int] | None = None,
+    adapt_groups: Sequence[str] = DEFAULT_ADAPT_GROUPS,
+    hidden: int = 32,
+    epochs: int = 200,
+    lr: float = 1e-2,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> TwoHeadModel:
     """EXPERIMENTAL: a prior head on a foundation model's frozen features.
 
     The backbone is not retrained, so the representation was never shaped by the

@@ -80,5 +80,3 @@ def lattice_parameters(atoms: Atoms) -> dict[str, float]:
     """Cell lengths (Å), angles (degrees) and volume (Å³)."""
     a, b, c, alpha, beta, gamma = (float(x) for x in atoms.cell.cellpar())
     return {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma, "volume": float(atoms.get_volume())}
-
-

@@ -209,7 +209,9 @@ class PointDefect(Workflow):
             try:
                 out[element] = bulk(element)
             except (ValueError, KeyError, NotImplementedError) as exc:
-                raise ConfigurationError(f"no ground-state crystal for {element} in ase.build.bulk ({exc}); give its chemical potential as chemical_potentials={{'{element}': ...}} in eV/atom") from exc
+                raise ConfigurationError(
+                    f"no ground-state crystal for {element} in ase.build.bulk ({exc}); give its chemical potential as chemical_potentials={{'{element}': ...}} in eV/atom"
+                ) from exc
         return out
 
     def _elemental_energy(self, element: str, reference: Atoms) -> float:

@@ -29,9 +29,9 @@ from ase import Atoms
 from ..artifacts import atomic_path
 from ..data.phonopy import _beside, _displacements_only, _load_reference_yaml, _read_yaml, load_phonopy_reference, to_ase_atoms, to_phonopy_atoms  # noqa: F401 (re-exported)
 from ..errors import ArtifactError, ConfigurationError
+from . import UNITS, default_prefix, evaluate_structures, output_path
 from .base import Workflow, result_dict
 from .phonopy_io import _AUTO_WARNING, _band_ticks, _pretty, _reference_bands, cell_widths, special_point_frequencies  # noqa: F401 (re-exported)
-from . import UNITS, default_prefix, evaluate_structures, output_path
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,9 @@ class Phonons(Workflow):
             if "far from zero" in text:
                 notes.append("the acoustic frequencies at Γ are far from zero (the force constants break translational invariance); use symmetrize_fc=True (--symmetrize-fc)")
             elif "incompatible with the primitive-cell point group" in text or "not preserved by the primitive-cell point group" in text:
-                notes.append(f"mesh {list(self.mesh)} breaks the point-group symmetry of the primitive cell (slower DOS and thermal sums); give equal numbers, e.g. --mesh {max(self.mesh)} {max(self.mesh)} {max(self.mesh)}")
+                notes.append(
+                    f"mesh {list(self.mesh)} breaks the point-group symmetry of the primitive cell (slower DOS and thermal sums); give equal numbers, e.g. --mesh {max(self.mesh)} {max(self.mesh)} {max(self.mesh)}"
+                )
             elif "acoustic mode" in text and "entered the thermal-property sums" in text:
                 continue  # only with exclude_gamma_acoustic=False, which asked for them
             else:

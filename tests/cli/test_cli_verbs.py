@@ -154,8 +154,7 @@ def test_eos_bulk_modulus_near_dcdft(work):
 def test_phonons_match_the_workflow_in_process(work, calc):
     import phonopy
 
-    from mlff_calc.workflows.phonons import special_point_frequencies
-    from mlff_calc.workflows.phonons import Phonons
+    from mlff_calc.workflows.phonons import Phonons, special_point_frequencies
 
     args = ("--supercell", 2, 2, 2, "--mesh", 6, 6, 6, "--band-npoints", 11, "--t-step-K", 50)
     assert cli("phonons", "si.extxyz", *args, "--out-dir", "out") == 0
@@ -418,5 +417,7 @@ def test_md_plot_with_an_uncertainty_trace(tmp_path):
     assert label == "max forces_uncertainty"
     assert uncertainty_trace([bulk("Si")]) is None
     time_ps = np.linspace(0, 0.006, 4)
-    path = md_traces(tmp_path / "md.png", time_ps=time_ps, energies_eV_per_atom={"E_pot": np.ones(4)}, conserved_eV_per_atom=np.ones(4), temperature_K=np.full(4, 300.0), uncertainty=(t, values, label))
+    path = md_traces(
+        tmp_path / "md.png", time_ps=time_ps, energies_eV_per_atom={"E_pot": np.ones(4)}, conserved_eV_per_atom=np.ones(4), temperature_K=np.full(4, 300.0), uncertainty=(t, values, label)
+    )
     assert_png(path)

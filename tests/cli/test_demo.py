@@ -7,9 +7,8 @@ import math
 
 import pytest
 from ase.collections import dcdft
-from matplotlib.image import imread
-
 from helpers import SHARED, shared_path
+from matplotlib.image import imread
 
 from mlff_calc.cli.main import main
 from mlff_calc.cli.options import restore_threads, set_threads

@@ -397,7 +397,12 @@ def test_console_exit_code_is_2_for_a_bad_symprec(work):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "mlff_calc.cli.main", "relax", "si.extxyz", "--symprec", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(mlff_calc.__file__).parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-m", "mlff_calc.cli.main", "relax", "si.extxyz", "--symprec", "-1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(mlff_calc.__file__).parents[1])},
+    )
     assert out.returncode == 2
     assert_one_line(out.stderr, "argument --symprec: must be a number > 0, got '-1'")
 

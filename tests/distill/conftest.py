@@ -8,7 +8,6 @@ labels and Hessian rows are exact enough for tight comparisons and fast to make.
 from __future__ import annotations
 
 import pytest
-
 from helpers import si8
 
 
@@ -23,7 +22,9 @@ def teacher(mace_adapter):
 def samples(teacher):
     from mlff_calc.distill import sample
 
-    return sample([si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=3, progress=False)
+    return sample(
+        [si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=3, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,18 @@ def trained(store, tmp_path_factory):
     from mlff_calc.distill import train_student
 
     out = tmp_path_factory.mktemp("student") / "si"
-    result = train_student(store, architecture={"channels": 8, "num_interactions": 1, "num_bessel": 6, "radial_mlp": [16]}, dtype="float64", epochs=4, batch_size=3, lr=1e-2, kd_schedule=10.0, seed=0, out_dir=out, progress=False)
+    result = train_student(
+        store,
+        architecture={"channels": 8, "num_interactions": 1, "num_bessel": 6, "radial_mlp": [16]},
+        dtype="float64",
+        epochs=4,
+        batch_size=3,
+        lr=1e-2,
+        kd_schedule=10.0,
+        seed=0,
+        out_dir=out,
+        progress=False,
+    )
     return result, out
 
 

@@ -4,8 +4,6 @@ import json
 
 import ase.io
 import numpy as np
-
-
 from helpers import si8
 
 import mlff_calc
@@ -15,11 +13,54 @@ from mlff_calc.cli.main import main
 def test_sample_label_train(tmp_path, mace_small_path, capsys):
     ase.io.write(tmp_path / "si.extxyz", si8())
     teacher = ["--model", str(mace_small_path), "--device", "cpu", "--dtype", "float64"]
-    rc = main(["distill", "sample", str(tmp_path / "si.extxyz"), *teacher, "--temperatures-K", "300", "--md-frames", "2", "--md-interval", "1", "--md-equilibration-steps", "1", "--n-rattle", "4", "--n-strain", "2", "--out-dir", str(tmp_path / "samples")])
+    rc = main(
+        [
+            "distill",
+            "sample",
+            str(tmp_path / "si.extxyz"),
+            *teacher,
+            "--temperatures-K",
+            "300",
+            "--md-frames",
+            "2",
+            "--md-interval",
+            "1",
+            "--md-equilibration-steps",
+            "1",
+            "--n-rattle",
+            "4",
+            "--n-strain",
+            "2",
+            "--out-dir",
+            str(tmp_path / "samples"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "samples" / "samples.npz").exists()
     rc = main(["distill", "label", str(tmp_path / "samples"), *teacher, "--chunk-size", "4", "--n-rows", "3", "--full-hessian-max-dof", "0", "--out-dir", str(tmp_path / "labels")])
     assert rc == 0 and json.loads((tmp_path / "labels" / "labels.json").read_text())["n_structures"] == 9
-    rc = main(["distill", "train", str(tmp_path / "labels"), "--epochs", "2", "--batch-size", "4", "--architecture", "fast", "--channels", "4", "--num-interactions", "1", "--dtype", "float64", "--rows-per-structure", "2", "--out-dir", str(tmp_path / "student")])
+    rc = main(
+        [
+            "distill",
+            "train",
+            str(tmp_path / "labels"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--architecture",
+            "fast",
+            "--channels",
+            "4",
+            "--num-interactions",
+            "1",
+            "--dtype",
+            "float64",
+            "--rows-per-structure",
+            "2",
+            "--out-dir",
+            str(tmp_path / "student"),
+        ]
+    )
     assert rc == 0
     for name in ("student.json", "student.pt", "error_log.npz", "train-history.json", "distill-train-summary.json"):
         assert (tmp_path / "student" / name).exists(), name

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from helpers import si8
 
 from mlff_calc.artifacts import stamp

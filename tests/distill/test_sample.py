@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from helpers import si8
 
 from mlff_calc.distill import SampleSet, sample

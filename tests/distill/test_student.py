@@ -8,8 +8,6 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-
-
 from helpers import require_backend, si8
 
 import mlff_calc
@@ -29,7 +27,15 @@ def rattled(seed, n=1):
 
 def item(atoms, rows):
     n3 = 3 * len(atoms)
-    return TrainItem(index=0, atoms=atoms, energy=torch.zeros((), dtype=torch.float64), forces=torch.zeros(len(atoms), 3, dtype=torch.float64), stress=None, hessian_rows=np.asarray(rows), hessian=torch.zeros(len(rows), n3, dtype=torch.float64))
+    return TrainItem(
+        index=0,
+        atoms=atoms,
+        energy=torch.zeros((), dtype=torch.float64),
+        forces=torch.zeros(len(atoms), 3, dtype=torch.float64),
+        stress=None,
+        hessian_rows=np.asarray(rows),
+        hessian=torch.zeros(len(rows), n3, dtype=torch.float64),
+    )
 
 
 @pytest.fixture(scope="module")

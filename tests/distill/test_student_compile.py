@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import require_backend, si8
 
 require_backend("mace", "mace")

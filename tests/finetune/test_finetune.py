@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-
 from helpers import require_backend, shared_path
 
 from mlff_calc.errors import ArtifactError

@@ -12,9 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
-
 from ase.build import bulk
-
 from helpers import si8_frames
 
 from mlff_calc.artifacts import write_npz
@@ -41,9 +39,14 @@ def parts(mace_adapter, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ltau_stack")
     rng = np.random.default_rng(0)
     n = sum(len(a) for a in frames)
-    write_npz(folder / "error_log.npz", errors=rng.lognormal(-3, 1, (6, n)).astype(np.float32), epoch=np.arange(6),
-              structure_index=np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
-              atom_index=np.concatenate([np.arange(len(a)) for a in frames]), numbers=np.concatenate([a.numbers for a in frames]))
+    write_npz(
+        folder / "error_log.npz",
+        errors=rng.lognormal(-3, 1, (6, n)).astype(np.float32),
+        epoch=np.arange(6),
+        structure_index=np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
+        atom_index=np.concatenate([np.arange(len(a)) for a in frames]),
+        numbers=np.concatenate([a.numbers for a in frames]),
+    )
     return reference, build_ltau(mace_adapter, frames, folder / "error_log.npz", k=5)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import require_backend, si8
 
 from mlff_calc.errors import ArtifactError, ConfigurationError
@@ -235,7 +234,9 @@ def ltau_store(mace_adapter, tmp_path_factory):
     from mlff_calc.distill import label, sample
 
     teacher = MLFFCalculator(mace_adapter)
-    samples = sample([si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=3, progress=False)
+    samples = sample(
+        [si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=3, progress=False
+    )
     return label(samples, teacher, tmp_path_factory.mktemp("ltau-labels") / "store", chunk_size=8, n_rows=0, hessian_splits=(), seed=1, progress=False)
 
 
@@ -244,7 +245,18 @@ def ltau_built(ltau_store, tmp_path_factory):
     from mlff_calc.distill import load_student, train_student
 
     out = tmp_path_factory.mktemp("ltau-student") / "si"
-    train_student(ltau_store, architecture={"channels": 8, "num_interactions": 1, "num_bessel": 6, "radial_mlp": [16]}, dtype="float64", epochs=6, batch_size=3, lr=1e-2, lambda_kd=0.0, seed=0, out_dir=out, progress=False)
+    train_student(
+        ltau_store,
+        architecture={"channels": 8, "num_interactions": 1, "num_bessel": 6, "radial_mlp": [16]},
+        dtype="float64",
+        epochs=6,
+        batch_size=3,
+        lr=1e-2,
+        lambda_kd=0.0,
+        seed=0,
+        out_dir=out,
+        progress=False,
+    )
     student = load_student(out, device="cpu")
     ltau = build_ltau(student, ltau_store, out / "error_log.npz", out / "ltau", n_bins=40, calibration=ltau_store, ks=(1, 3, 5))
     return student, ltau, out

@@ -53,7 +53,9 @@ def test_build_then_attach_round_trip(ltau_built, ltau_store, tmp_path, capsys):
     layers = json.loads((tmp_path / "sp" / "singlepoint-summary.json").read_text())["model"]["layers"]
     assert [layer["name"] for layer in layers] == ["ltau"] and layers[0]["k"] == built.k and layers[0]["on_demand"] is False
     # md looks the uncertainties up for the frames it writes; each frame holds those of its positions
-    rc = main(["md", str(tmp_path / "in.extxyz"), "--index", "0", "--model", str(run), "--ltau", str(index), "--steps", "4", "--log-interval", "2", "--threads", "1", "--out-dir", str(tmp_path / "md")])
+    rc = main(
+        ["md", str(tmp_path / "in.extxyz"), "--index", "0", "--model", str(run), "--ltau", str(index), "--steps", "4", "--log-interval", "2", "--threads", "1", "--out-dir", str(tmp_path / "md")]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "md" / "md-summary.json").read_text())
     assert summary["model"]["layers"][0]["on_demand"] is True

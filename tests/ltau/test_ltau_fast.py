@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import require_backend
 
 from mlff_calc.errors import ConfigurationError

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import rattled_si, si8_frames
+
 from mlff_calc.errors import CalculationFailed
 from mlff_calc.models import batching
 from mlff_calc.neighbors import neighbor_list

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from helpers import STRUCTURES, rattled_si
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

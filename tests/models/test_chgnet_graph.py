@@ -7,8 +7,8 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
-
 from helpers import rattled_si
+
 from mlff_calc.models.chgnet_graph import angles, bonds
 from mlff_calc.neighbors import neighbor_list
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
-
 from helpers import STRUCTURES, fd_forces, fd_stress, rattled_nacl
 
 from mlff_calc.calculator import MLFFCalculator

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
-
 from helpers import cu_slab, rattled_nacl, rattled_si
+
 from mlff_calc.neighbors import device_neighbor_list, neighbor_list
 
 pytest.importorskip("vesin_torch")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, fcc111, molecule
-
 from helpers import ROOT, STRUCTURES, rattled_si, require_backend
 
 from mlff_calc.errors import ConfigurationError, ModelLoadError
@@ -186,9 +185,9 @@ def test_load_errors(tmp_path):
 
 
 def test_loading_leaves_process_state_alone(mace_small_path):
-    from mlff_calc.models.mace import MACEAdapter
-
     from ase.calculators.calculator import BaseCalculator
+
+    from mlff_calc.models.mace import MACEAdapter
 
     env, dtype, props = dict(os.environ), torch.get_default_dtype(), BaseCalculator.implemented_properties[:]
     adapter = MACEAdapter.load(mace_small_path, device="cpu", dtype="float64")

@@ -91,18 +91,22 @@ def _ltau(request):
 
     from mlff_calc.calculator import MLFFCalculator
     from mlff_calc.data.error_log import write_error_log
-    from mlff_calc.models.identity import model_identity
     from mlff_calc.layers.ltau import LTAULayer
     from mlff_calc.ltau import build_ltau
+    from mlff_calc.models.identity import model_identity
 
     adapter = request.getfixturevalue("mace_adapter")
     frames = _training_frames()
     folder = request.getfixturevalue("tmp_path_factory").mktemp("ltau")
     rng = np.random.default_rng(0)
     n = sum(len(a) for a in frames)
-    arrays = {"errors": rng.lognormal(-3, 1, (6, n)).astype(np.float32), "epoch": np.arange(6),
-              "structure_index": np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
-              "atom_index": np.concatenate([np.arange(len(a)) for a in frames]), "numbers": np.concatenate([a.numbers for a in frames])}
+    arrays = {
+        "errors": rng.lognormal(-3, 1, (6, n)).astype(np.float32),
+        "epoch": np.arange(6),
+        "structure_index": np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
+        "atom_index": np.concatenate([np.arange(len(a)) for a in frames]),
+        "numbers": np.concatenate([a.numbers for a in frames]),
+    }
     write_error_log(folder / "error_log.npz", arrays, structures=frames, identity=model_identity(adapter))
     ltau = build_ltau(adapter, frames, folder / "error_log.npz", k=5)
     return MLFFCalculator(adapter, layers=[LTAULayer(ltau)])

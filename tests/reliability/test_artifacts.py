@@ -22,18 +22,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlff_calc.artifacts import stamp
-
 from mlff_calc import artifacts
-from mlff_calc.artifacts import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz
+from mlff_calc.artifacts import atomic_path, read_json, read_npz, sha256_file, stamp, write_json, write_npz
 from mlff_calc.errors import ArtifactError
 from mlff_calc.softening import FORMAT, FORMAT_VERSION, SofteningFit
 
 
 def softening_fit(model_id="mace-test", sha=None, c=1.234567) -> SofteningFit:
     return SofteningFit(
-        c=c, mode="reference", model_id=model_id, chemical_system="Cl-Na", chemical_systems=["Cl-Na"], source="unit test",
-        n_structures=3, n_components=144, s=1 / c, s_intercept=0.01, mae=0.1, cmae=0.05, mae_corrected=0.04, model_sha256=sha,
+        c=c,
+        mode="reference",
+        model_id=model_id,
+        chemical_system="Cl-Na",
+        chemical_systems=["Cl-Na"],
+        source="unit test",
+        n_structures=3,
+        n_components=144,
+        s=1 / c,
+        s_intercept=0.01,
+        mae=0.1,
+        cmae=0.05,
+        mae_corrected=0.04,
+        model_sha256=sha,
     )
 
 
@@ -381,8 +391,13 @@ def test_written_files_respect_umask(tmp_path):
 def test_every_npz_written_loads_without_pickle(tmp_path):
     """write_npz with the array kinds mlff_calc stores: all load with allow_pickle=False."""
     arrays = dict(
-        f64=np.random.default_rng(0).normal(size=(7, 3)), f32=np.ones(4, np.float32), i64=np.arange(5), b=np.array([True, False]),
-        u=np.array(["train", "val"]).astype("U8"), empty=np.zeros((0, 3)), scalar=np.array(1.5),
+        f64=np.random.default_rng(0).normal(size=(7, 3)),
+        f32=np.ones(4, np.float32),
+        i64=np.arange(5),
+        b=np.array([True, False]),
+        u=np.array(["train", "val"]).astype("U8"),
+        empty=np.zeros((0, 3)),
+        scalar=np.array(1.5),
     )
     path = tmp_path / "all.npz"
     write_npz(path, **arrays)

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mlff_calc.artifacts import stamp
 from ase.build import bulk
 
-from mlff_calc.artifacts import sha256_file
+from mlff_calc.artifacts import sha256_file, stamp
 from mlff_calc.errors import ArtifactError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
@@ -66,7 +64,12 @@ def load_labels(folder):
     from mlff_calc.distill import LabelStore
 
     records = LabelStore(folder).records()
-    return {"energy": [r.energy for r in records], "forces": np.concatenate([r.forces for r in records]), "hessian": np.concatenate([r.hessian.reshape(-1) for r in records]), "split": [r.split for r in records]}
+    return {
+        "energy": [r.energy for r in records],
+        "forces": np.concatenate([r.forces for r in records]),
+        "hessian": np.concatenate([r.hessian.reshape(-1) for r in records]),
+        "split": [r.split for r in records],
+    }
 
 
 def load_student(folder):

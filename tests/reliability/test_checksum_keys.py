@@ -39,7 +39,21 @@ def softening(root: Path, _):
     from mlff_calc.softening import SofteningFit
 
     path = root / "fit.json"
-    SofteningFit(c=1.38, mode="reference", model_id="m", chemical_system="Si", chemical_systems=["Si"], source="test", n_structures=3, n_components=9, s=1 / 1.38, s_intercept=0.0, mae=0.1, cmae=0.05, mae_corrected=0.04).save(path)
+    SofteningFit(
+        c=1.38,
+        mode="reference",
+        model_id="m",
+        chemical_system="Si",
+        chemical_systems=["Si"],
+        source="test",
+        n_structures=3,
+        n_components=9,
+        s=1 / 1.38,
+        s_intercept=0.0,
+        mae=0.1,
+        cmae=0.05,
+        mae_corrected=0.04,
+    ).save(path)
     return path, lambda: SofteningFit.load(path), ("c",)
 
 

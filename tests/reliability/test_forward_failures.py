@@ -31,8 +31,7 @@ OOM_ERRORS = {
     "torch.OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
     "MemoryError": lambda: MemoryError(),
     "cpu-allocator": lambda: RuntimeError(
-        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-        "you tried to allocate 560885760 bytes. Error code 12 (Cannot allocate memory)"
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 560885760 bytes. Error code 12 (Cannot allocate memory)"
     ),
 }
 

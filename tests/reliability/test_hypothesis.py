@@ -235,10 +235,7 @@ def test_random_structures_finite_or_clear_error(any_calc, data):
             eps = 1.2e-7 if calc.adapter.dtype.itemsize == 4 else 2.3e-16
             reach = np.abs(moved.positions).max() + np.abs(atoms.positions).max()
             tol = 10 * atol + rtol * abs(res["energy"]) + 20 * eps * reach * np.abs(res["forces"]).sum()
-            assert abs(res2["energy"] - res["energy"]) <= tol, (
-                f"{name}: energy changed by {res2['energy'] - res['energy']:.3g} eV (tolerance {tol:.3g}) "
-                "when one atom moved by a lattice vector"
-            )
+            assert abs(res2["energy"] - res["energy"]) <= tol, f"{name}: energy changed by {res2['energy'] - res['energy']:.3g} eV (tolerance {tol:.3g}) when one atom moved by a lattice vector"
     note(f"{name}: evaluated {len(atoms)} atoms in {time.perf_counter() - start:.2f} s")
 
 

@@ -72,11 +72,11 @@ def test_pickle_and_deepcopy(request, name):
 def test_student_and_fine_tuned_models(tmp_path, mace_small_path):
     from helpers import si8_frames
 
-    from mlff_calc.softening import DFTDataset, DFTStructure
     from mlff_calc.finetune import finetune, load_finetuned
     from mlff_calc.layers.softening import SofteningLayer
     from mlff_calc.models.mace import MACEAdapter
     from mlff_calc.models.student import StudentAdapter
+    from mlff_calc.softening import DFTDataset, DFTStructure
 
     student = StudentAdapter.create([14], device="cpu", dtype="float32")
     assert_copies_agree(MLFFCalculator(student, layers=[SofteningLayer(1.2, mode="total")]))

@@ -12,13 +12,12 @@ import pytest
 from ase import Atoms, units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
+from test_rewiring import si, training_set
 
 from mlff_calc.calculator import MLFFCalculator
 from mlff_calc.layers.rewiring import RewiringLayer
 from mlff_calc.neighbors import neighbor_list
 from mlff_calc.rewiring import SpectrumReference
-
-from test_rewiring import si, training_set
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 

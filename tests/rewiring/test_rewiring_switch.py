@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from test_rewiring import si, training_set
+from test_rewiring_md import nve
 
 from mlff_calc.calculator import MLFFCalculator
 from mlff_calc.errors import ConfigurationError
 from mlff_calc.layers.rewiring import RewiringLayer
 from mlff_calc.models.mace import SWITCH_WIDTH_A, MACEAdapter, cutoff_switch
 from mlff_calc.rewiring import SpectrumReference
-
-from test_rewiring import si, training_set
-from test_rewiring_md import nve
 
 pytestmark = pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning")
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-
 from helpers import rattled_nacl, shared_path
 
 from mlff_calc.artifacts import stamp

@@ -8,7 +8,6 @@ finite-difference and bitwise checks are tight.
 from __future__ import annotations
 
 import pytest
-
 from helpers import si8
 from ttt_helpers import ARCH, LJ
 
@@ -19,7 +18,9 @@ def ttt_store(mace_adapter, tmp_path_factory):
     from mlff_calc.distill import label, sample
 
     teacher = MLFFCalculator(mace_adapter)
-    samples = sample([si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=5, progress=False)
+    samples = sample(
+        [si8()], teacher, temperatures_K=(600.0,), md_frames_per_T=6, md_interval=2, md_equilibration_steps=2, n_rattle=8, rattle_std_A=0.05, n_strain=4, split=(0.6, 0.2, 0.2), seed=5, progress=False
+    )
     return label(samples, teacher, tmp_path_factory.mktemp("ttt") / "labels", chunk_size=8, n_rows=0, full_hessian_max_dof=0, seed=1, progress=False)
 
 

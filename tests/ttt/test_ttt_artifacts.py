@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import si8, si8_frames
 
 
@@ -38,12 +37,12 @@ def test_adapted_weights_round_trip(ttt_calc, ttt_folder, shifted, tmp_path):
 
 
 def test_adapted_weights_refused_on_another_model(ttt_calc, ttt_store, shifted, tmp_path):
+    from ttt_helpers import ARCH, LJ
+
     import mlff_calc
     from mlff_calc.errors import ArtifactError
     from mlff_calc.layers.ttt import TTTLayer
     from mlff_calc.ttt import train_ttt_student
-
-    from ttt_helpers import ARCH, LJ
 
     ttt_calc.adapt(shifted)
     ttt_calc.layers[0].save(tmp_path / "adapted")
@@ -79,12 +78,11 @@ def test_prior_head_refused_on_other_weights(ttt_folder, mace_adapter):
 def test_experimental_head_on_a_foundation_model(mace_adapter):
     """A head on frozen MACE features warns, learns the prior, and leaves the backbone alone."""
     import torch
+    from ttt_helpers import LJ
 
+    from mlff_calc.distill.loss import LossWeights
     from mlff_calc.ttt import fit_prior_head
     from mlff_calc.ttt.adapt import label_items, prior_loss
-    from mlff_calc.distill.loss import LossWeights
-
-    from ttt_helpers import LJ
 
     frames = si8_frames(4, seed=20)
     before = {n: p.detach().clone() for n, p in mace_adapter.module.named_parameters()}
@@ -106,13 +104,12 @@ def test_experimental_ttt_on_chgnet():
     import warnings
 
     import torch
+    from ttt_helpers import LJ
 
     from mlff_calc.calculator import MLFFCalculator
     from mlff_calc.layers.ttt import TTTLayer
     from mlff_calc.models.chgnet import CHGNetAdapter
     from mlff_calc.ttt import fit_prior_head
-
-    from ttt_helpers import LJ
 
     adapter = CHGNetAdapter.load(device="cpu")  # its own copy: adaptation moves weights
     frames = si8_frames(3, seed=40)

@@ -14,7 +14,9 @@ def test_adapt_then_singlepoint_with_ttt(ttt_folder, shifted, tmp_path):
     frames = tmp_path / "shifted.extxyz"
     ase.io.write(frames, shifted)
     adapted = tmp_path / "adapted"
-    rc = main(["ttt", "adapt", str(frames), "--model", str(ttt_folder[1]), "--device", "cpu", "--out", str(adapted), "--steps", "4", "--batch-size", "5", "--lr", "1e-3", "--out-dir", str(tmp_path / "run")])
+    rc = main(
+        ["ttt", "adapt", str(frames), "--model", str(ttt_folder[1]), "--device", "cpu", "--out", str(adapted), "--steps", "4", "--batch-size", "5", "--lr", "1e-3", "--out-dir", str(tmp_path / "run")]
+    )
     assert rc == 0
     summary = json.loads((tmp_path / "run" / "ttt-adapt-summary.json").read_text())
     assert summary["results"]["n_structures"] == len(shifted)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-
 from helpers import si8
 
 
@@ -68,7 +67,7 @@ def test_emt_labels_match_ase():
 
     cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     cu.rattle(0.05, seed=1)
-    (energy, forces), = prior_labels([cu], "emt", progress=False)
+    ((energy, forces),) = prior_labels([cu], "emt", progress=False)
     ref = cu.copy()
     ref.calc = EMT()
     assert energy == pytest.approx(ref.get_potential_energy(), abs=1e-12)
@@ -81,7 +80,7 @@ def test_gfn1_xtb_prior_on_a_molecule():
     from mlff_calc.ttt import prior_labels
 
     water = molecule("H2O")
-    (energy, forces), = prior_labels([water], "gfn1-xtb", progress=False)
+    ((energy, forces),) = prior_labels([water], "gfn1-xtb", progress=False)
     # GFN1-xTB total energy of water is about -5.77 Hartree (tblite 0.3-0.5)
     assert energy / 27.211386 == pytest.approx(-5.77, abs=0.05)
     assert np.abs(forces.sum(axis=0)).max() < 1e-6  # no net force on an isolated molecule

@@ -11,7 +11,6 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.collections import dcdft
 from ase.eos import EquationOfState as AseEOS
-
 from helpers import CountingCalc
 
 from mlff_calc.errors import ConfigurationError

@@ -154,7 +154,9 @@ def test_langevin_temperature(calc, tmp_path):
 @pytest.mark.parametrize("ensemble", ["nvt-nose-hoover", "npt"])
 def test_other_ensembles_run(calc, tmp_path, ensemble):
     atoms = bulk("Si", "diamond", A0, cubic=True)
-    res = MolecularDynamics(atoms, calc, ensemble=ensemble, temperature_K=300, steps=20, log_interval=10, tdamp_fs=50, pdamp_fs=200, seed=5, trajectory=False, prefix=tmp_path / ensemble, progress=False).run()
+    res = MolecularDynamics(
+        atoms, calc, ensemble=ensemble, temperature_K=300, steps=20, log_interval=10, tdamp_fs=50, pdamp_fs=200, seed=5, trajectory=False, prefix=tmp_path / ensemble, progress=False
+    ).run()
     assert res.n_steps == 20 and np.all(np.isfinite(res.log["E_tot_eV"]))
     volume_changed = not np.allclose(res.log["volume_A3"], atoms.get_volume())
     assert volume_changed == (ensemble == "npt")

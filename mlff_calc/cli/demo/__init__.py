@@ -29,6 +29,7 @@ it needs from ``ctx`` (``ctx.calc``, ``ctx.sizes``, earlier sections' numbers in
 then append ``Section("my-section", "Title", my_section)`` to :data:`SECTIONS` (with
 ``enabled=`` when it needs inputs or optional packages).
 """
+
 from __future__ import annotations
 
 import time
@@ -55,7 +56,6 @@ def add_arguments(p) -> None:
     # measured on 2 shared cores: 1 thread ran the demo several times faster than 2
     add_model_options(p, threads_default=1)
     add_output_options(p, "demo")
-
 
 
 def _has_dft(args) -> bool:

@@ -97,7 +97,6 @@ def section_relax(ctx: DemoContext) -> dict:
     return out
 
 
-
 def section_eos(ctx: DemoContext) -> dict:
     from ...plots import eos_curves
     from ...workflows.eos import (
@@ -126,7 +125,15 @@ def section_eos(ctx: DemoContext) -> dict:
     title = f"{ctx.calc.adapter.model_id}: Birch-Murnaghan fits"
     ctx.add_output("eos_plot", eos_curves(ctx.out_dir / "eos.png", curves, references=references, title=title))
     rows = [
-        [name, _f(r["v0_per_atom_A3"]), _f(r["a0_A"], ".4f"), _f(r["bulk_modulus_GPa"], ".1f"), _f(r["bulk_modulus_pbe_dcdft_GPa"], ".1f"), _f(r["bulk_modulus_derivative"], ".2f"), _f(1e3 * r["fit_rms_eV_per_atom"], ".4f")]
+        [
+            name,
+            _f(r["v0_per_atom_A3"]),
+            _f(r["a0_A"], ".4f"),
+            _f(r["bulk_modulus_GPa"], ".1f"),
+            _f(r["bulk_modulus_pbe_dcdft_GPa"], ".1f"),
+            _f(r["bulk_modulus_derivative"], ".2f"),
+            _f(1e3 * r["fit_rms_eV_per_atom"], ".4f"),
+        ]
         for name, r in out.items()
     ]
     print_table(

@@ -38,8 +38,20 @@ class DemoSizes:
 
 FULL = DemoSizes()
 QUICK = DemoSizes(
-    relax_fmax_eV_per_A=2e-3, eos_points=7, phonon_mesh=8, band_npoints=21, md_repeat=1, md_steps=40, md_log_interval=5,
-    student_md_frames=8, student_rattles=8, student_strains=4, student_epochs=4, timing_calls=3, uq_md_repeat=1, uq_md_steps=40,
+    relax_fmax_eV_per_A=2e-3,
+    eos_points=7,
+    phonon_mesh=8,
+    band_npoints=21,
+    md_repeat=1,
+    md_steps=40,
+    md_log_interval=5,
+    student_md_frames=8,
+    student_rattles=8,
+    student_strains=4,
+    student_epochs=4,
+    timing_calls=3,
+    uq_md_repeat=1,
+    uq_md_steps=40,
 )
 
 
@@ -112,11 +124,9 @@ def dcdft_lattice_constant(reference: dict | None) -> float | None:
     return None if reference is None else float((8.0 * reference["v0_per_atom_A3"]) ** (1.0 / 3.0))
 
 
-
 def _relaxed_a(ctx: DemoContext, name: str) -> float:
     """The relaxed lattice constant when the relax section ran, else the textbook value."""
     return ctx.results.get("relax", {}).get(name, {}).get("a_A", START_A[name][1])
-
 
 
 def _section_error(title: str, exc: Exception) -> dict:
@@ -124,4 +134,3 @@ def _section_error(title: str, exc: Exception) -> dict:
     message = f"{type(exc).__name__}: {exc}"
     print_table(title, ["status"], [[f"error: {message}"]])
     return {"error": message}
-

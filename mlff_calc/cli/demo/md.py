@@ -60,11 +60,15 @@ def section_md(ctx: DemoContext) -> dict:
         title=f"Si{n} NVE, {sizes.md_timestep_fs:g} fs ({ctx.calc.adapter.model_id})",
     )
     ctx.add_output("md_plot", plot)
-    rows = [[
-        out["formula"], f"{res.n_steps} x {sizes.md_timestep_fs:g} fs", _f(res.mean_temperature_K, ".1f"),
-        _f(1e3 * out["drift_eV_per_atom_per_ps"], ".3f"), _f(1e3 * out["max_abs_drift_eV_per_atom"], ".3f"), _f(out["ms_per_step"], ".1f"),
-    ]]
+    rows = [
+        [
+            out["formula"],
+            f"{res.n_steps} x {sizes.md_timestep_fs:g} fs",
+            _f(res.mean_temperature_K, ".1f"),
+            _f(1e3 * out["drift_eV_per_atom_per_ps"], ".3f"),
+            _f(1e3 * out["max_abs_drift_eV_per_atom"], ".3f"),
+            _f(out["ms_per_step"], ".1f"),
+        ]
+    ]
     print_table("Molecular dynamics (NVE, velocities drawn at 600 K)", ["system", "steps", "<T> (K)", "drift (meV/atom/ps)", "max |ΔE_tot| (meV/atom)", "ms/step"], rows)
     return out
-
-

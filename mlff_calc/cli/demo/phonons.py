@@ -56,8 +56,16 @@ def section_phonons(ctx: DemoContext) -> dict:
     for name, r in out.items():
         ref = r.get("reference", {}).get("highest_branch_THz", {})
         points = [f"{_f(r['highest_branch_THz'][p], '.2f')}" + (f" ({ref[p]:.2f})" if p in ref else "") for p in ("Γ", "X", "L")]
-        rows.append([name, f"{n}x{n}x{n} ({r['n_atoms_supercell']})", r["n_displacements"], *points,
-                     _f(0.0 if abs(r["min_frequency_THz"]) < 5e-4 else r["min_frequency_THz"], ".3f"), "yes" if r["has_imaginary_modes"] else "no"])
+        rows.append(
+            [
+                name,
+                f"{n}x{n}x{n} ({r['n_atoms_supercell']})",
+                r["n_displacements"],
+                *points,
+                _f(0.0 if abs(r["min_frequency_THz"]) < 5e-4 else r["min_frequency_THz"], ".3f"),
+                "yes" if r["has_imaginary_modes"] else "no",
+            ]
+        )
     print_table(
         "Phonons at the relaxed lattice constants (symmetrised force constants; highest branch in THz, VASP-PBE in brackets; no non-analytical correction, so NaCl's Γ is TO)",
         ["crystal", "supercell (atoms)", "displacements", "Γ", "X", "L", "min (THz)", "imaginary"],

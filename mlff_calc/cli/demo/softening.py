@@ -45,5 +45,3 @@ def section_softening(ctx: DemoContext) -> dict:
     print_table(f"Softening against {source.parent.name}/{source.name}", ["system", "structures", "components", "s", "c", "MAE (eV/Å)", "MAE with c", "cMAE"], rows)
     print(f"phonon frequencies of the corrected model scale by √c = {out['frequency_scale']:.3f}; apply the fit with --softening {fit_path}")
     return out
-
-

@@ -24,8 +24,18 @@ def _train_student(ctx: DemoContext) -> dict:
     t0 = time.perf_counter()
     si8 = bulk("Si", "diamond", _relaxed_a(ctx, "Si"), cubic=True)
     samples = distill.sample(
-        [si8], ctx.calc, temperatures_K=(600.0,), md_frames_per_T=sizes.student_md_frames, md_interval=2, md_equilibration_steps=4,
-        n_rattle=sizes.student_rattles, rattle_std_A=0.05, n_strain=sizes.student_strains, split=(0.6, 0.2, 0.2), seed=0, progress=False,
+        [si8],
+        ctx.calc,
+        temperatures_K=(600.0,),
+        md_frames_per_T=sizes.student_md_frames,
+        md_interval=2,
+        md_equilibration_steps=4,
+        n_rattle=sizes.student_rattles,
+        rattle_std_A=0.05,
+        n_strain=sizes.student_strains,
+        split=(0.6, 0.2, 0.2),
+        seed=0,
+        progress=False,
     )
     t1 = time.perf_counter()
     labels = ctx.out_dir / "student-labels"
@@ -96,8 +106,17 @@ def section_student(ctx: DemoContext) -> dict:
     except Exception as exc:  # noqa: BLE001  an optional layer: report, don't end the demo
         return _section_error(title, exc)
     n = out["n_structures"]
-    rows = [[f"{out['teacher']} -> student ({out['n_parameters']} params)", f"{n.get('train', 0)}/{n.get('valid', 0)}/{n.get('test', 0)}", out["epochs_run"],
-             _f(out["student_ms"], ".1f"), _f(out["teacher_ms"], ".1f"), _f(out["speedup"], ".1f") + "x", _f(out["test_force_mae_eV_per_A"], ".3f")]]
+    rows = [
+        [
+            f"{out['teacher']} -> student ({out['n_parameters']} params)",
+            f"{n.get('train', 0)}/{n.get('valid', 0)}/{n.get('test', 0)}",
+            out["epochs_run"],
+            _f(out["student_ms"], ".1f"),
+            _f(out["teacher_ms"], ".1f"),
+            _f(out["speedup"], ".1f") + "x",
+            _f(out["test_force_mae_eV_per_A"], ".3f"),
+        ]
+    ]
     print_table(title, ["model", "train/valid/test", "epochs", f"student ms (Si{len(si64)})", "teacher ms", "speed-up", "test F MAE vs teacher (eV/Å)"], rows)
     t = out["times_s"]
     print(f"sample {t['sample']:.1f} s, label {t['label']:.1f} s, train {t['train']:.1f} s; load it with mlff_calc.load({str(st['folder'])!r})")
@@ -186,10 +205,19 @@ def section_uncertainty(ctx: DemoContext) -> dict:
         return _section_error(title, exc)
     ctx.add_output("ltau", ctx.out_dir / "ltau")
     ctx.add_output("uncertainty_plot", plot)
-    rows = [[out["system"], f"{out['n_steps']} x 1 fs", _f(out["mean_temperature_K"], ".0f"), out["k"], _f(out["calibration_scale"], ".2f"),
-             _f(out["min_eV_per_A"], ".3f"), _f(out["mean_eV_per_A"], ".3f"), _f(out["max_eV_per_A"], ".3f"),
-             f"{_f(out['threshold_eV_per_A'], '.3f')} ({out['steps_over_threshold']})", _f(out["ms_per_step"], ".1f")]]
+    rows = [
+        [
+            out["system"],
+            f"{out['n_steps']} x 1 fs",
+            _f(out["mean_temperature_K"], ".0f"),
+            out["k"],
+            _f(out["calibration_scale"], ".2f"),
+            _f(out["min_eV_per_A"], ".3f"),
+            _f(out["mean_eV_per_A"], ".3f"),
+            _f(out["max_eV_per_A"], ".3f"),
+            f"{_f(out['threshold_eV_per_A'], '.3f')} ({out['steps_over_threshold']})",
+            _f(out["ms_per_step"], ".1f"),
+        ]
+    ]
     print_table(title, ["system", "steps", "<T> (K)", "k", "scale", "min (eV/Å)", "mean (eV/Å)", "max (eV/Å)", "threshold (steps over)", "ms/step"], rows)
     return out
-
-
