@@ -15,12 +15,13 @@ import pytest
 from ase.build import bulk
 from helpers import si8_frames
 
-from mlff_calc.artifacts import write_npz
 from mlff_calc.calculator import MLFFCalculator
+from mlff_calc.data.error_log import write_error_log
 from mlff_calc.layers.ltau import LTAULayer
 from mlff_calc.layers.rewiring import RewiringLayer
 from mlff_calc.layers.softening import SofteningLayer
 from mlff_calc.ltau import build_ltau
+from mlff_calc.models.identity import model_identity
 from mlff_calc.rewiring import SpectrumReference
 
 C = 1.3
@@ -39,14 +40,14 @@ def parts(mace_adapter, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ltau_stack")
     rng = np.random.default_rng(0)
     n = sum(len(a) for a in frames)
-    write_npz(
-        folder / "error_log.npz",
+    arrays = dict(
         errors=rng.lognormal(-3, 1, (6, n)).astype(np.float32),
         epoch=np.arange(6),
         structure_index=np.repeat(np.arange(len(frames)), [len(a) for a in frames]),
         atom_index=np.concatenate([np.arange(len(a)) for a in frames]),
         numbers=np.concatenate([a.numbers for a in frames]),
     )
+    write_error_log(folder / "error_log.npz", arrays, structures=frames, identity=model_identity(mace_adapter))
     return reference, build_ltau(mace_adapter, frames, folder / "error_log.npz", k=5)
 
 
